@@ -1,0 +1,283 @@
+"""A WebShop-style shopping environment in pure Python: nothing to download, ~0.1 ms a step.
+
+The agent reads an instruction ("i need a pair of waterproof lightweight running shoes in size 8 and
+color black, and price lower than 50.00 dollars"), searches, reads a results page, opens a product,
+clicks its options and buys. Actions use WebShop's syntax:
+
+    search[waterproof lightweight running shoes]     only on the search page
+    click[B0K3Z]                                     a product id on the results page
+    click[8]  click[black]                           an option value on the product page
+    click[buy now]  click[next >]  click[< prev]  click[back to search]
+
+Catalog: 10 categories x 35 attribute triples x 3 products = 1050 products, generated from a fixed
+seed. Every title lists its product's three attributes, so near-duplicates differ by one word or by
+price, and picking the right result takes reading the whole line. Every product of a category offers
+all of the category's option values.
+
+Search ranks by the number of query words in the title plus a deterministic jitter in [0, 1), so a
+product missing one requested attribute can outrank a full match: the first result is often wrong.
+
+Reward at click[buy now] (WebShop, Yao et al. 2022):
+    r = r_type * (|U_att & Y_att| + |U_opt & Y_opt| + 1[price <= cap]) / (|U_att| + |U_opt| + 1)
+U = what the instruction asks, Y = the bought product and the options clicked before buying (the last
+click of an option type counts); r_type = 1 for the right category, 0.1 otherwise. 0 if steps run out.
+
+Splits: a task asks for two attributes of one category. Per category, 4 of the 21 attribute pairs are
+held out: `test_unseen` uses only those (every word in them still occurs in `train`), `train` and
+`test_seen` only the other 17. No task (category, attributes, options, price cap) occurs twice.
+The expert searches for the requested attributes, clicks the first result that has all of them under
+the price cap, clicks each requested option and buys: reward 1.0 on every task.
+"""
+import itertools
+import random
+import re
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+from envs import INVALID, check_split
+
+MAX_STEPS = 10
+RESULTS_PER_PAGE = 5
+MAX_RESULTS = 25
+SPLIT_SIZES = {"train": 1500, "test_seen": 200, "test_unseen": 200}
+HELD_OUT_PAIRS = 4  # attribute pairs per category reserved for test_unseen
+CATALOG_SEED, TASK_SEED = 0, 1
+
+# category -> (article, attributes, options, price range in dollars)
+CATEGORIES = {
+    "running shoes": ("a pair of", ["waterproof", "non slip", "lightweight", "breathable", "memory foam", "wide fit", "leather"],
+                      {"size": ["6", "7", "8", "9", "10", "11"], "color": ["black", "white", "grey", "blue"]}, (20, 120)),
+    "t-shirt": ("a", ["cotton", "slim fit", "long sleeve", "v neck", "quick dry", "machine wash", "organic"],
+                {"size": ["small", "medium", "large", "x-large"], "color": ["black", "white", "red", "green"]}, (8, 40)),
+    "backpack": ("a", ["waterproof", "laptop sleeve", "lightweight", "anti theft", "usb charging", "large capacity", "leather"],
+                 {"color": ["black", "grey", "blue", "green", "red"]}, (20, 90)),
+    "headphones": ("a pair of", ["wireless", "noise cancelling", "over ear", "bluetooth", "long battery", "foldable", "waterproof"],
+                   {"color": ["black", "white", "silver", "blue"]}, (20, 200)),
+    "coffee": ("some", ["organic", "decaf", "dark roast", "whole bean", "fair trade", "low acid", "vegan"],
+               {"size": ["12 oz", "2 lb", "5 lb"]}, (8, 50)),
+    "shampoo": ("a bottle of", ["sulfate free", "paraben free", "for dry hair", "natural", "vegan", "tea tree", "organic"],
+                {"size": ["8 oz", "16 oz", "32 oz"]}, (6, 40)),
+    "phone case": ("a", ["shockproof", "slim fit", "clear", "magnetic", "wallet", "kickstand", "leather"],
+                   {"color": ["black", "clear", "pink", "blue", "green"]}, (8, 50)),
+    "jacket": ("a", ["waterproof", "hooded", "fleece lined", "windproof", "packable", "insulated", "lightweight"],
+               {"size": ["small", "medium", "large", "x-large"], "color": ["black", "navy", "green", "red"]}, (40, 200)),
+    "desk lamp": ("a", ["led", "dimmable", "usb charging", "touch control", "eye care", "clamp", "wireless"],
+                  {"color": ["black", "white", "silver"]}, (15, 80)),
+    "yoga mat": ("a", ["non slip", "extra thick", "eco friendly", "lightweight", "with strap", "foldable", "natural"],
+                 {"color": ["purple", "blue", "black", "pink", "green"]}, (15, 90)),
+}
+TEMPLATES = [
+    "i need {article} {attributes} {category} in {options}, and price lower than {cap:.2f} dollars",
+    "i am looking for {attributes} {category} with {options}, and price lower than {cap:.2f} dollars",
+    "find me {article} {attributes} {category} in {options}, with a price lower than {cap:.2f} dollars",
+]
+SYSTEM_PROMPT = (
+    "You are shopping online for the instruction you are given. Each turn, reply with one line "
+    "'Thought: ...' and one line 'Action: ...'. Actions: search[query] on the search page; "
+    "click[item] where item is a product id, an option, buy now, next >, < prev or back to search.")
+
+
+@dataclass(frozen=True)
+class Product:
+    id: str
+    category: str
+    attributes: tuple
+    price: float
+    title: str
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    category: str
+    attributes: tuple
+    options: tuple  # ((option type, value), ...)
+    cap: float
+    instruction: str
+    query: str
+    target: str  # the product the expert buys
+
+
+def stable_hash(*parts):
+    return zlib.crc32("|".join(map(str, parts)).encode())
+
+
+@lru_cache(maxsize=None)
+def catalog():
+    rng = random.Random(CATALOG_SEED)
+    letters, products, used = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789", [], set()
+    for category, (_, attributes, _, (low, high)) in CATEGORIES.items():
+        for triple in itertools.combinations(attributes, 3):
+            for _ in range(3):
+                pid = "B0" + "".join(rng.choice(letters) for _ in range(3))
+                while pid in used:
+                    pid = "B0" + "".join(rng.choice(letters) for _ in range(3))
+                used.add(pid)
+                order = rng.sample(triple, 3)
+                products.append(Product(pid, category, tuple(sorted(triple)), round(rng.uniform(low, high), 2),
+                                        " ".join(order) + " " + category))
+    return {p.id: p for p in products}
+
+
+def search(query, products=None):
+    """Product ids ranked by query words found in the title, plus a deterministic jitter in [0, 1)."""
+    words = set(re.findall(r"[a-z0-9\-]+", query.lower()))
+    scored = []
+    for product in (products or catalog()).values():
+        overlap = len(words & set(product.title.split()))
+        if overlap:
+            scored.append((overlap + stable_hash(query, product.id) % 1000 / 1000, product.id))
+    scored.sort(reverse=True)
+    return [pid for _, pid in scored[:MAX_RESULTS]]
+
+
+def satisfies(product, task):
+    return (product.category == task.category and set(task.attributes) <= set(product.attributes)
+            and product.price <= task.cap)
+
+
+def purchase_reward(task, product, chosen_options):
+    """WebShop's reward for buying `product` with `chosen_options` ({type: value}) under `task`."""
+    r_type = 1.0 if product.category == task.category else 0.1
+    matched_attributes = len(set(task.attributes) & set(product.attributes))
+    matched_options = sum(chosen_options.get(kind) == value for kind, value in task.options)
+    price_ok = int(product.price <= task.cap)
+    return r_type * (matched_attributes + matched_options + price_ok) / (len(task.attributes) + len(task.options) + 1)
+
+
+@lru_cache(maxsize=None)
+def tasks():
+    """All tasks by split: {split: [Task, ...]}, generated once from TASK_SEED."""
+    rng = random.Random(TASK_SEED)
+    products = catalog()
+    held_out, kept = {}, {}
+    for category, (_, attributes, _, _) in CATEGORIES.items():
+        pairs = list(itertools.combinations(attributes, 2))
+        rng.shuffle(pairs)
+        held_out[category], kept[category] = pairs[:HELD_OUT_PAIRS], pairs[HELD_OUT_PAIRS:]
+    seen_keys, by_split = set(), {}
+    for split, size in SPLIT_SIZES.items():
+        pair_pool = held_out if split == "test_unseen" else kept
+        split_tasks = []
+        while len(split_tasks) < size:
+            category = rng.choice(sorted(CATEGORIES))
+            article, _, option_values, (low, high) = CATEGORIES[category]
+            attributes = tuple(rng.sample(rng.choice(pair_pool[category]), 2))
+            options = tuple((kind, rng.choice(values)) for kind, values in option_values.items())
+            cap = float(rng.randrange(low + 10, high + 1, 10) if high - low > 10 else high)
+            key = (category, tuple(sorted(attributes)), options, cap)
+            query = " ".join(attributes) + " " + category
+            first_page = [products[pid] for pid in search(query)[:RESULTS_PER_PAGE]]
+            target = next((p for p in first_page if satisfies(p, Task("", category, attributes, options, cap, "", "", ""))), None)
+            if key in seen_keys or target is None:
+                continue  # a duplicate, or the first page holds no right answer: draw again
+            seen_keys.add(key)
+            instruction = rng.choice(TEMPLATES).format(
+                article=article, attributes=" ".join(attributes), category=category, cap=cap,
+                options=" and ".join(f"{kind} {value}" for kind, value in options))
+            split_tasks.append(Task(f"{split}-{len(split_tasks)}", category, attributes, options, cap,
+                                    instruction, query, target.id))
+        by_split[split] = split_tasks
+    return by_split
+
+
+class ShopEnv:
+    name = "shop"
+    max_steps = MAX_STEPS
+    system_prompt = SYSTEM_PROMPT
+
+    def __init__(self):
+        self.products = catalog()
+        self.tasks = {task.id: task for split_tasks in tasks().values() for task in split_tasks}
+        self.task = None
+
+    def task_ids(self, split):
+        return [task.id for task in tasks()[check_split(split)]]
+
+    def reset(self, task_id):
+        if task_id not in self.tasks:
+            raise KeyError(f"unknown shop task id {task_id!r}")
+        self.task = self.tasks[task_id]
+        self.page, self.results, self.result_page, self.product, self.chosen = "search", [], 0, None, {}
+        return self._render()
+
+    # ---- pages --------------------------------------------------------------------------------
+    def _render(self):
+        if self.page == "search":
+            return f"Instruction: {self.task.instruction}\n[search]"
+        if self.page == "results":
+            pages = max(1, -(-len(self.results) // RESULTS_PER_PAGE))
+            links = "[back to search]" + (" [< prev]" if self.result_page else "") + \
+                    (" [next >]" if self.result_page + 1 < pages else "")
+            lines = [f"Page {self.result_page + 1} of {pages}. {links}"]
+            for pid in self._visible_results():
+                product = self.products[pid]
+                lines.append(f"[{pid}] {product.title} ${product.price:.2f}")
+            return "\n".join(lines)
+        product = self.product
+        lines = ["[back to search] [< prev]", product.title, f"price: ${product.price:.2f}"]
+        for kind, values in CATEGORIES[product.category][2].items():
+            lines.append(f"{kind}: " + " ".join(f"[{value}]" for value in values))
+        return "\n".join(lines + ["[buy now]"])
+
+    def _visible_results(self):
+        start = self.result_page * RESULTS_PER_PAGE
+        return self.results[start:start + RESULTS_PER_PAGE]
+
+    # ---- actions ------------------------------------------------------------------------------
+    def step(self, action):
+        """Apply `action`; returns (observation, reward, done). Never raises on a bad action."""
+        if self.task is None:
+            raise RuntimeError("call reset(task_id) before step()")
+        match = re.fullmatch(r"\s*(search|click)\[(.*)\]\s*", action or "", flags=re.S)
+        if not match:
+            return f"{INVALID}: {action!r} is not search[...] or click[...].", 0.0, False
+        verb, argument = match.group(1), match.group(2).strip().lower()
+        if verb == "search":
+            if self.page != "search":
+                return f"{INVALID}: search only works on the search page; click [back to search] first.", 0.0, False
+            if not argument:
+                return f"{INVALID}: the search query is empty.", 0.0, False
+            self.page, self.results, self.result_page = "results", search(argument), 0
+            return self._render(), 0.0, False
+        if argument == "back to search" and self.page != "search":
+            self.page, self.product = "search", None
+            return self._render(), 0.0, False
+        if self.page == "results":
+            visible = [pid.lower() for pid in self._visible_results()]
+            if argument == "next >" and (self.result_page + 1) * RESULTS_PER_PAGE < len(self.results):
+                self.result_page += 1
+                return self._render(), 0.0, False
+            if argument == "< prev" and self.result_page > 0:
+                self.result_page -= 1
+                return self._render(), 0.0, False
+            if argument in visible:
+                self.page, self.product, self.chosen = "product", self.products[argument.upper()], {}
+                return self._render(), 0.0, False
+        elif self.page == "product":
+            if argument == "< prev":
+                self.page, self.product = "results", None
+                return self._render(), 0.0, False
+            if argument == "buy now":
+                reward = purchase_reward(self.task, self.product, self.chosen)
+                self.task = None  # the episode is over
+                return f"Thank you for shopping with us! Your score: {reward:.2f}", reward, True
+            for kind, values in CATEGORIES[self.product.category][2].items():
+                if argument in values:
+                    self.chosen[kind] = argument
+                    return f"You have selected {kind} {argument}.", 0.0, False
+        return f"{INVALID}: [{argument}] is not on this page.", 0.0, False
+
+    # ---- expert -------------------------------------------------------------------------------
+    def expert(self, task_id):
+        task = self.tasks[task_id]
+        wanted = " and ".join(task.attributes)
+        turns = [f"Thought: I need {' '.join(task.attributes)} {task.category} under {task.cap:.2f} dollars. "
+                 f"I will search for it.\nAction: search[{task.query}]",
+                 f"Thought: I need {wanted} under {task.cap:.2f} dollars; {task.target} has both and costs "
+                 f"${self.products[task.target].price:.2f}.\nAction: click[{task.target}]"]
+        for kind, value in task.options:
+            turns.append(f"Thought: I need {kind} {value}.\nAction: click[{value}]")
+        turns.append("Thought: Every option is chosen. I will buy it.\nAction: click[buy now]")
+        return turns

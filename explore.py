@@ -1,0 +1,192 @@
+"""Stages 0, 2 and 5 of ETO: one rollout loop for expert data, exploration and evaluation.
+
+    python explore.py --env shop --split train --expert --out runs/demo/expert.jsonl
+    python explore.py --env shop --split train --model runs/demo/sft --out runs/demo/explore.jsonl \
+        --temperature 1.0 --samples 2                                   # exploration (sampled)
+    python explore.py --env shop --split test_unseen --model runs/demo/sft --out runs/demo/eval_sft.jsonl
+
+`--expert` plays the env's expert; `--model PATH` lets the agent act, greedily unless `--temperature`
+is above 0. Each turn, one `generate` call advances every unfinished episode of a batch (KV cache
+within the turn, stop at the end-of-turn token). The action is what follows `Action:`; a reply with
+none gets an invalid-format observation and still costs a step.
+
+Output: one JSON line per trajectory: task_id, env, split, sample, messages (system, user, assistant
+...; observations are user turns starting "Observation: "), reward, success, steps, invalid_actions,
+stop ("done", "max_steps" or "context"), temperature, top_p, seed. The last line printed is a JSON
+summary: n, avg_reward (x100), success_rate (x100), invalid_action_rate.
+"""
+import argparse
+import json
+import re
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+import envs
+from sft import InputError, end_of_turn_token, load_model, run_main, set_seed, write_json, write_jsonl
+
+INVALID_FORMAT = (f"{envs.INVALID}: no 'Action:' found. Reply as 'Thought: ...' on one line and "
+                  f"'Action: ...' on the next.")
+
+
+def parse_action(reply):
+    """The text after the last 'Action:' of a reply (up to the end of its line), or None if there is none."""
+    found = re.findall(r"Action:[ \t]*(.*)", reply)
+    return found[-1].strip() if found and found[-1].strip() else None
+
+
+def make_generate_policy(model, tokenizer, temperature=0.0, top_p=1.0, max_new_tokens=64, seed=0):
+    """A policy: list of conversations -> list of (reply, finished) from one batched `generate` call."""
+    from transformers import GenerationConfig
+    stop_ids = sorted({tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)), tokenizer.eos_token_id})
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
+                              pad_token_id=tokenizer.pad_token_id, **sampling)
+    context = getattr(model.config, "max_position_embeddings", None) or 10 ** 9
+    calls = [0]
+
+    @torch.no_grad()
+    def policy(conversations):
+        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        tokenizer.padding_side = "left"  # left padding keeps every prompt's last token at the end
+        batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
+        if batch["input_ids"].shape[1] + max_new_tokens > context:
+            raise OverflowError
+        torch.manual_seed(seed * 100003 + calls[0])  # a sampled run replays exactly from its seed
+        calls[0] += 1
+        model.eval()
+        output = model.generate(**batch, generation_config=config)[:, batch["input_ids"].shape[1]:]
+        replies = []
+        for row in output.tolist():
+            finished = any(t in stop_ids for t in row)
+            reply = tokenizer.decode(row, skip_special_tokens=True).split("\nObservation:")[0].strip()
+            replies.append((reply, finished))
+        return replies
+
+    return policy
+
+
+def make_expert_policy(env):
+    """A policy that replays the env's expert turns (the turn index is the number of replies so far)."""
+    def policy(conversations, task_ids):
+        replies = []
+        for conversation, task_id in zip(conversations, task_ids):
+            turn = sum(m["role"] == "assistant" for m in conversation)
+            replies.append((env.expert(task_id)[turn], True))
+        return replies
+    return policy
+
+
+def rollout(env_name, episodes, policy, batch_size=32, expert=False, max_steps=None, desc="rollout"):
+    """Run (task_id, sample) episodes in batches; one policy call per turn advances a whole batch.
+
+    Returns one record per episode with its messages, final reward and step counts.
+    """
+    records = []
+    progress = tqdm(total=len(episodes), desc=desc, leave=False)
+    for start in range(0, len(episodes), batch_size):
+        batch = episodes[start:start + batch_size]
+        batch_envs = [envs.make(env_name) for _ in batch]  # one env per active episode
+        states = []
+        for env, (task_id, sample) in zip(batch_envs, batch):
+            first_observation = env.reset(task_id)
+            states.append({"task_id": task_id, "sample": sample, "reward": 0.0, "steps": 0, "invalid_actions": 0,
+                           "stop": None, "messages": [{"role": "system", "content": env.system_prompt},
+                                                      {"role": "user", "content": first_observation}]})
+        active = list(range(len(batch)))
+        while active:
+            conversations = [states[i]["messages"] for i in active]
+            try:
+                replies = policy(conversations, [states[i]["task_id"] for i in active]) if expert else policy(conversations)
+            except OverflowError:  # the conversations no longer fit the model's context: end them here
+                for i in active:
+                    states[i]["stop"] = "context"
+                break
+            still_active = []
+            for i, (reply, finished) in zip(active, replies):
+                state, env = states[i], batch_envs[i]
+                state["messages"].append({"role": "assistant", "content": reply})
+                state["steps"] += 1
+                action = parse_action(reply)
+                if action is None:
+                    observation, reward, done = INVALID_FORMAT if finished else \
+                        f"{envs.INVALID}: the reply was cut at the token limit before an action.", 0.0, False
+                else:
+                    observation, reward, done = env.step(action)
+                state["invalid_actions"] += observation.startswith(envs.INVALID)
+                if done:
+                    state["reward"], state["stop"] = reward, "done"
+                elif state["steps"] >= (max_steps or env.max_steps):
+                    state["stop"] = "max_steps"  # steps ran out: reward stays 0
+                else:
+                    state["messages"].append({"role": "user", "content": f"Observation: {observation}"})
+                    still_active.append(i)
+            active = still_active
+        records += states
+        progress.update(len(batch))
+    progress.close()
+    return records
+
+
+def summarize(records):
+    n = len(records)
+    steps = sum(r["steps"] for r in records)
+    return {"n": n, "avg_reward": round(100 * sum(r["reward"] for r in records) / max(n, 1), 2),
+            "success_rate": round(100 * sum(r["success"] for r in records) / max(n, 1), 2),
+            "invalid_action_rate": round(sum(r["invalid_actions"] for r in records) / max(steps, 1), 4),
+            "avg_steps": round(steps / max(n, 1), 2)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # what to run
+    parser.add_argument("--env", default="shop", help=f"one of: {', '.join(sorted(envs.ENVS))}")
+    parser.add_argument("--split", default="train", help=f"one of: {', '.join(envs.SPLITS)}")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N tasks of the split")
+    parser.add_argument("--out", required=True, help="output trajectory JSONL")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--expert", action="store_true", help="replay the env's expert trajectories")
+    who.add_argument("--model", help="a model folder (from sft.py/dpo.py) or a HF chat model")
+    # sampling (greedy by default: evaluation, and the authors' exploration)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--samples", type=int, default=1, help="trajectories per task")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per reply")
+    parser.add_argument("--max-steps", type=int, default=None, help="actions per episode (default: the env's)")
+    parser.add_argument("--batch-size", type=int, default=32, help="episodes advanced by one generate call")
+    # system
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args()
+    if args.samples < 1 or args.batch_size < 1:
+        raise InputError("--samples and --batch-size must be at least 1")
+    if args.temperature == 0 and args.samples > 1:
+        raise InputError("--samples > 1 needs --temperature > 0: greedy rollouts are all the same")
+
+    started = time.time()
+    set_seed(args.seed)
+    env = envs.make(args.env)
+    task_ids = env.task_ids(envs.check_split(args.split))[:args.limit]
+    episodes = [(task_id, sample) for task_id in task_ids for sample in range(args.samples)]
+    if args.expert:
+        policy, settings = make_expert_policy(env), {"temperature": None, "top_p": None}
+    else:
+        model, tokenizer = load_model(args.model, args.device, args.dtype)
+        policy = make_generate_policy(model, tokenizer, args.temperature, args.top_p, args.max_new_tokens, args.seed)
+        settings = {"temperature": args.temperature, "top_p": args.top_p}
+    records = rollout(args.env, episodes, policy, args.batch_size, args.expert, args.max_steps, desc=args.split)
+    for record in records:
+        record.update({"env": args.env, "split": args.split, "success": record["reward"] >= 1.0,
+                       "seed": args.seed, "policy": "expert" if args.expert else args.model, **settings})
+    write_jsonl(args.out, records)
+    summary = {"stage": "explore", "out": args.out, **summarize(records), "seconds": round(time.time() - started, 1)}
+    write_json(args.out + ".args.json", {"args": vars(args), "summary": summary})
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    run_main(main)

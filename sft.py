@@ -1,0 +1,378 @@
+"""Stage 1 of ETO: supervised fine-tuning on expert trajectories (loss on the agent's turns only).
+
+    python explore.py --env shop --split train --expert --out runs/demo/expert.jsonl
+    python sft.py --model tiny --data runs/demo/expert.jsonl --out runs/demo/sft
+    python sft.py --model path/to/chat-model --data runs/demo/expert.jsonl --out runs/demo/sft \
+        --lr 1e-5 --epochs 3 --batch-size 64 --patience 0      # the paper's settings for a 7B model
+
+`--model tiny` builds the offline default: a byte-level BPE tokenizer trained on the data with a ChatML
+chat template, and a ~2M-parameter Llama-style model from a config. Any other value is loaded with
+`from_pretrained` (a local folder; nothing is downloaded unless you allow it). Both take the same
+chat-template path. The output is a `save_pretrained` folder (safetensors) with `sft_args.json`.
+
+This file also holds what later stages share: JSONL reading/writing, model loading and
+`tokenize_conversation`, the per-turn loss mask.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+class InputError(Exception):
+    """Bad input from the user: the stage prints it as one line and exits with status 2."""
+
+
+# ---- files ----------------------------------------------------------------------------------------
+def read_jsonl(path, required=("messages",)):
+    """Records of a JSONL file; a missing file, bad JSON or a missing field is an InputError naming the line."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise InputError(f"{path}:{line_no}: expected a JSON object")
+            for field in required:
+                if field not in record:
+                    raise InputError(f"{path}:{line_no}: missing field {field!r}")
+            for field in ("messages", "prompt", "chosen", "rejected"):
+                if field in required:
+                    check_messages(record[field], f"{path}:{line_no}: {field}")
+            records.append(record)
+    if not records:
+        raise InputError(f"{path}: the file holds no records")
+    return records
+
+
+def check_messages(messages, where):
+    if not isinstance(messages, list) or not messages:
+        raise InputError(f"{where} must be a non-empty list of messages")
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str) \
+                or message.get("role") not in ("system", "user", "assistant"):
+            raise InputError(f"{where}: each message needs a role (system/user/assistant) and a string content")
+
+
+def write_jsonl(path, records):
+    """Write atomically: a temp file renamed into place, so a crash never leaves a partial file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def save_model_atomically(model, tokenizer, out, args_record):
+    """save_pretrained into a temp folder, then swap it in: an earlier good folder survives a crash."""
+    tmp, old = f"{out.rstrip('/')}.tmp{os.getpid()}", f"{out.rstrip('/')}.old{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    write_json(os.path.join(tmp, "args.json"), args_record)
+    if os.path.exists(out):
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def set_seed(seed):
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_main(main):
+    """Run a stage's main(): an InputError (or ValueError from an env) is one line on stderr, exit 2."""
+    try:
+        main()
+    except (InputError, ValueError, KeyError) as e:
+        if "--debug" in sys.argv:
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ---- model and tokenizer --------------------------------------------------------------------------
+def build_tiny_tokenizer(texts, vocab_size=1024):
+    """Byte-level BPE trained on `texts`, with a ChatML template; pad is its own token (not eos)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    specials = ["<|pad|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<|pad|>", eos_token="<|im_end|>",
+                                   chat_template=TINY_CHAT_TEMPLATE)
+
+
+def build_tiny_model(tokenizer, hidden=192, layers=4, heads=4, context=1024):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 8 // 3,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=context, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def load_model(path, device="cpu", dtype="auto"):
+    """A causal LM and its tokenizer from a local folder (or a hub id if you are online)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if dtype == "auto":  # fp32 on CPU: bf16 matmuls are slow there; bf16 on GPU, as 7B runs need
+        dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except OSError as e:
+        raise InputError(f"cannot load model {path!r}: {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise InputError(f"model {path!r} has no chat template; use a chat model or --model tiny")
+    return model.to(device), tokenizer
+
+
+def end_of_turn_token(tokenizer):
+    """The special token the chat template puts after an assistant turn (<|im_end|>, <|eot_id|>, </s>...)."""
+    probe = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "MARK"}],
+                                          tokenize=False)
+    after = probe[probe.rindex("MARK") + 4:].lstrip()
+    for token in sorted(tokenizer.all_special_tokens, key=len, reverse=True):
+        if token and after.startswith(token):
+            return token
+    return tokenizer.eos_token
+
+
+# ---- the loss mask --------------------------------------------------------------------------------
+def tokenize_conversation(tokenizer, messages, max_length=None):
+    """(input_ids, loss_mask) of a conversation rendered with the tokenizer's chat template.
+
+    The ids are the tokenization of the whole rendered text, so they match what the model sees at
+    generation time. The mask is 1 on each assistant turn's content and its end-of-turn token, and 0
+    elsewhere (system, user/observation turns, template markup). It is built from character positions,
+    never from token ids: in many chat tokenizers pad == eos, and masking by id would hide the
+    end-of-turn token the model must learn to stop on.
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    eot = end_of_turn_token(tokenizer)
+    spans, cursor = [], 0
+    for message in messages:  # find each message's content in order, so an earlier copy cannot match
+        content = message["content"].strip()
+        start = text.find(content, cursor)
+        if start < 0:
+            if message["role"] == "assistant":
+                raise ValueError(f"assistant content not found in the rendered chat: {content[:60]!r}")
+            continue  # e.g. a template that drops the system message
+        end = start + len(content)
+        if message["role"] == "assistant":
+            eot_at = text.find(eot, end)
+            if eot_at >= 0 and not text[end:eot_at].strip():  # only whitespace between content and eot
+                end = eot_at + len(eot)
+            spans.append((start, end))
+        cursor = end
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids, loss_mask = encoding["input_ids"], []
+    for token_start, token_end in encoding["offset_mapping"]:
+        loss_mask.append(int(any(token_start < end and token_end > start for start, end in spans)))
+    if max_length is not None:
+        input_ids, loss_mask = input_ids[:max_length], loss_mask[:max_length]
+    return input_ids, loss_mask
+
+
+def pad_batch(sequences, pad_value):
+    width = max(len(s) for s in sequences)
+    return torch.tensor([list(s) + [pad_value] * (width - len(s)) for s in sequences])
+
+
+def token_logps(model, input_ids, attention_mask):
+    """log p(token_t | tokens_<t) for t = 1..T-1, shape (B, T-1)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    return torch.gather(logits.log_softmax(-1), 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def masked_nll(model, batch, device):
+    """(sum of -log p over the assistant tokens, number of those tokens) for a list of (ids, mask)."""
+    ids = pad_batch([ids for ids, _ in batch], 0).to(device)
+    mask = pad_batch([mask for _, mask in batch], 0).to(device)
+    attention = pad_batch([[1] * len(ids) for ids, _ in batch], 0).to(device)
+    logps = token_logps(model, ids, attention)
+    target_mask = mask[:, 1:].float()
+    return -(logps * target_mask).sum(), target_mask.sum()
+
+
+def length_batches(examples, batch_size, rng):
+    """Shuffle, then sort within windows of 50 batches by length: little padding, still random."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    window = batch_size * 50
+    batches = []
+    for i in range(0, len(order), window):
+        chunk = sorted(order[i:i + window], key=lambda j: len(examples[j][0]))
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def lr_lambda(warmup_steps, total_steps, min_ratio=0.1):
+    """Linear warmup, then cosine decay to min_ratio of the peak learning rate."""
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+@torch.no_grad()
+def mean_nll(model, examples, device, batch_size=32):
+    model.eval()
+    total, count = 0.0, 0.0
+    for i in range(0, len(examples), batch_size):
+        loss_sum, n = masked_nll(model, examples[i:i + batch_size], device)
+        total, count = total + loss_sum.item(), count + n.item()
+    model.train()
+    return total / max(count, 1)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # data and model
+    parser.add_argument("--model", default="tiny", help="'tiny' (built offline) or a HF causal-LM folder/id")
+    parser.add_argument("--data", required=True, help="trajectory JSONL with a 'messages' field per line")
+    parser.add_argument("--out", required=True, help="output folder (save_pretrained format)")
+    parser.add_argument("--max-length", type=int, default=1024, help="tokens per example; longer ones are cut")
+    parser.add_argument("--dev-fraction", type=float, default=0.05, help="held-out share for the dev loss")
+    # optimisation (defaults suit --model tiny; the paper used lr 1e-5, 3 epochs, batch 64 for 7B)
+    parser.add_argument("--epochs", type=int, default=12, help="most epochs to train")
+    parser.add_argument("--patience", type=int, default=2, help="stop after this many epochs without a dev-loss gain (0: never)")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--warmup-ratio", type=float, default=0.03)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step")
+    parser.add_argument("--micro-batch-size", type=int, default=16, help="sequences per forward pass")
+    # tiny model shape
+    parser.add_argument("--tiny-hidden", type=int, default=192)
+    parser.add_argument("--tiny-layers", type=int, default=4)
+    parser.add_argument("--tiny-vocab", type=int, default=1024)
+    # system
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args()
+    if args.batch_size % args.micro_batch_size:
+        raise InputError("--batch-size must be a multiple of --micro-batch-size")
+
+    started = time.time()
+    set_seed(args.seed)
+    trajectories = read_jsonl(args.data)  # checked before any model is built or loaded
+    if args.model == "tiny":
+        texts = [m["content"] for t in trajectories for m in t["messages"]]
+        tokenizer = build_tiny_tokenizer(texts, args.tiny_vocab)
+        model = build_tiny_model(tokenizer, args.tiny_hidden, args.tiny_layers).to(args.device)
+    else:
+        model, tokenizer = load_model(args.model, args.device, args.dtype)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    examples, skipped, truncated = [], 0, 0
+    for trajectory in tqdm(trajectories, desc="tokenize", leave=False):
+        full_ids, _ = tokenize_conversation(tokenizer, trajectory["messages"])
+        ids, mask = tokenize_conversation(tokenizer, trajectory["messages"], args.max_length)
+        truncated += len(full_ids) > len(ids)
+        if sum(mask) == 0:  # nothing left to learn from: count it, never train on it silently
+            skipped += 1
+            continue
+        examples.append((ids, mask))
+    if not examples:
+        raise InputError(f"{args.data}: no example keeps a trainable token at --max-length {args.max_length}")
+    rng = random.Random(args.seed)
+    rng.shuffle(examples)
+    n_dev = int(len(examples) * args.dev_fraction) if len(examples) >= 20 else 0
+    dev_examples, train_examples = examples[:n_dev], examples[n_dev:]
+
+    accumulation = args.batch_size // args.micro_batch_size
+    steps_per_epoch = math.ceil(len(train_examples) / args.batch_size)
+    total_steps = steps_per_epoch * args.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(max(1, int(args.warmup_ratio * total_steps)), total_steps))
+    print(f"sft: {n_params / 1e6:.2f}M params, {len(train_examples)} train / {len(dev_examples)} dev examples, "
+          f"{skipped} skipped, {truncated} truncated, {total_steps} steps max", file=sys.stderr)
+
+    model.train()
+    best_dev, best_state, bad_epochs, history = float("inf"), None, 0, []
+    for epoch in range(1, args.epochs + 1):
+        batches = length_batches(train_examples, args.batch_size, rng)
+        epoch_loss, epoch_tokens = 0.0, 0.0
+        for batch_indices in tqdm(batches, desc=f"sft epoch {epoch}", leave=False):
+            batch = [train_examples[i] for i in batch_indices]
+            n_tokens = sum(sum(mask[1:]) for _, mask in batch)  # the loss is a mean over the step's tokens
+            for k in range(accumulation):
+                micro = batch[k * args.micro_batch_size:(k + 1) * args.micro_batch_size]
+                if not micro:
+                    break
+                loss_sum, count = masked_nll(model, micro, args.device)
+                (loss_sum / n_tokens).backward()
+                epoch_loss, epoch_tokens = epoch_loss + loss_sum.item(), epoch_tokens + count.item()
+            if not math.isfinite(epoch_loss):
+                raise InputError(f"loss became {epoch_loss} at epoch {epoch}; lower --lr (nothing was saved)")
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        dev_loss = mean_nll(model, dev_examples, args.device) if dev_examples else float("nan")
+        history.append({"epoch": epoch, "train_loss": round(epoch_loss / epoch_tokens, 4), "dev_loss": round(dev_loss, 4)})
+        print(json.dumps(history[-1]), file=sys.stderr)
+        if not dev_examples:
+            continue
+        if dev_loss < best_dev - 1e-4:
+            best_dev, bad_epochs = dev_loss, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+            if args.patience and bad_epochs >= args.patience:
+                break  # the dev loss stopped falling: keep the best epoch's weights
+    if best_state is not None:
+        model.load_state_dict(best_state)
+
+    summary = {"stage": "sft", "out": args.out, "params": n_params, "examples": len(train_examples),
+               "dev_examples": len(dev_examples), "skipped": skipped, "truncated": truncated,
+               "epochs": len(history), "train_loss": history[-1]["train_loss"],
+               "dev_loss": round(best_dev, 4) if dev_examples else None, "seconds": round(time.time() - started, 1)}
+    save_model_atomically(model, tokenizer, args.out, {"args": vars(args), "history": history, "summary": summary})
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    run_main(main)
