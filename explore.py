@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 import envs
-from sft import InputError, end_of_turn_token, load_model, run_main, set_seed, write_json, write_jsonl
+from sft import InputError, end_of_turn_token, load_model, read_jsonl, run_main, set_seed, write_json, write_jsonl
 
 INVALID_FORMAT = (f"{envs.INVALID}: no 'Action:' found. Reply as 'Thought: ...' on one line and "
                   f"'Action: ...' on the next.")
@@ -130,6 +130,49 @@ def rollout(env_name, episodes, policy, batch_size=32, expert=False, max_steps=N
     return records
 
 
+# ---- pairs (ETO step 3) ----------------------------------------------------------------------------
+def cut_after_assistant_turns(messages, n_turns):
+    """The messages up to and including the n-th assistant turn."""
+    seen = 0
+    for i, message in enumerate(messages):
+        seen += message["role"] == "assistant"
+        if seen == n_turns:
+            return messages[:i + 1]
+    return messages
+
+
+def make_pairs(explored, expert, extra_turns=5):
+    """Failure/success pairs against the expert trajectory of the same task (authors' rules).
+
+    explored reward < expert reward: chosen = expert, rejected = explored (lose);
+    explored reward > expert reward: chosen = explored, rejected = expert (win); equal: no pair (tie).
+    The rejected side is cut to the chosen side's assistant turns + extra_turns, so a long failure
+    cannot dominate the summed log-prob. Returns (pairs, {"win": .., "tie": .., "lose": ..}).
+    """
+    expert_by_task = {record["task_id"]: record for record in expert}
+    pairs, counts = [], {"win": 0, "tie": 0, "lose": 0}
+    for record in explored:
+        reference = expert_by_task.get(record["task_id"])
+        if reference is None:
+            raise InputError(f"no expert trajectory for task {record['task_id']!r}")
+        start = next(i for i, m in enumerate(reference["messages"]) if m["role"] == "assistant")
+        if record["messages"][:start] != reference["messages"][:start]:
+            raise InputError(f"task {record['task_id']!r}: explored and expert prompts differ (another env or split?)")
+        if record["reward"] == reference["reward"]:
+            counts["tie"] += 1
+            continue
+        outcome = "win" if record["reward"] > reference["reward"] else "lose"
+        counts[outcome] += 1
+        chosen, rejected = (record, reference) if outcome == "win" else (reference, record)
+        chosen_turns = chosen["messages"][start:]
+        n_chosen = sum(m["role"] == "assistant" for m in chosen_turns)
+        pairs.append({"task_id": record["task_id"], "prompt": reference["messages"][:start],
+                      "chosen": chosen_turns,
+                      "rejected": cut_after_assistant_turns(rejected["messages"][start:], n_chosen + extra_turns),
+                      "chosen_reward": chosen["reward"], "rejected_reward": rejected["reward"]})
+    return pairs, counts
+
+
 def summarize(records):
     n = len(records)
     steps = sum(r["steps"] for r in records)
@@ -156,6 +199,10 @@ def main():
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per reply")
     parser.add_argument("--max-steps", type=int, default=None, help="actions per episode (default: the env's)")
     parser.add_argument("--batch-size", type=int, default=32, help="episodes advanced by one generate call")
+    # pairs for DPO
+    parser.add_argument("--pairs-with", help="expert trajectory JSONL to pair the explored trajectories with")
+    parser.add_argument("--pairs-out", help="where to write the pairs JSONL (needs --pairs-with)")
+    parser.add_argument("--extra-turns", type=int, default=5, help="rejected side: chosen turns + this many")
     # system
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -166,6 +213,10 @@ def main():
         raise InputError("--samples and --batch-size must be at least 1")
     if args.temperature == 0 and args.samples > 1:
         raise InputError("--samples > 1 needs --temperature > 0: greedy rollouts are all the same")
+
+    if bool(args.pairs_with) != bool(args.pairs_out):
+        raise InputError("--pairs-with and --pairs-out go together")
+    expert_records = read_jsonl(args.pairs_with, ("task_id", "messages", "reward")) if args.pairs_with else None
 
     started = time.time()
     set_seed(args.seed)
@@ -183,7 +234,12 @@ def main():
         record.update({"env": args.env, "split": args.split, "success": record["reward"] >= 1.0,
                        "seed": args.seed, "policy": "expert" if args.expert else args.model, **settings})
     write_jsonl(args.out, records)
-    summary = {"stage": "explore", "out": args.out, **summarize(records), "seconds": round(time.time() - started, 1)}
+    summary = {"stage": "explore", "out": args.out, **summarize(records)}
+    if expert_records is not None:
+        pairs, counts = make_pairs(records, expert_records, args.extra_turns)
+        write_jsonl(args.pairs_out, pairs)
+        summary.update({"pairs": len(pairs), **counts})
+    summary["seconds"] = round(time.time() - started, 1)
     write_json(args.out + ".args.json", {"args": vars(args), "summary": summary})
     print(json.dumps(summary))
 

@@ -284,7 +284,7 @@ def main():
     # tiny model shape
     parser.add_argument("--tiny-hidden", type=int, default=192)
     parser.add_argument("--tiny-layers", type=int, default=4)
-    parser.add_argument("--tiny-vocab", type=int, default=1024)
+    parser.add_argument("--tiny-vocab", type=int, default=2048)
     # system
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -298,7 +298,7 @@ def main():
     set_seed(args.seed)
     trajectories = read_jsonl(args.data)  # checked before any model is built or loaded
     if args.model == "tiny":
-        texts = [m["content"] for t in trajectories for m in t["messages"]]
+        texts = [m["content"] for t in trajectories for m in t["messages"]] + ["system user assistant"]
         tokenizer = build_tiny_tokenizer(texts, args.tiny_vocab)
         model = build_tiny_model(tokenizer, args.tiny_hidden, args.tiny_layers).to(args.device)
     else:

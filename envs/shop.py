@@ -40,7 +40,7 @@ from envs import INVALID, check_split
 MAX_STEPS = 10
 RESULTS_PER_PAGE = 5
 MAX_RESULTS = 25
-SPLIT_SIZES = {"train": 1500, "test_seen": 200, "test_unseen": 200}
+SPLIT_SIZES = {"train": 1000, "test_seen": 200, "test_unseen": 200}
 HELD_OUT_PAIRS = 4  # attribute pairs per category reserved for test_unseen
 CATALOG_SEED, TASK_SEED = 0, 1
 
@@ -72,10 +72,8 @@ TEMPLATES = [
     "i am looking for {attributes} {category} with {options}, and price lower than {cap:.2f} dollars",
     "find me {article} {attributes} {category} in {options}, with a price lower than {cap:.2f} dollars",
 ]
-SYSTEM_PROMPT = (
-    "You are shopping online for the instruction you are given. Each turn, reply with one line "
-    "'Thought: ...' and one line 'Action: ...'. Actions: search[query] on the search page; "
-    "click[item] where item is a product id, an option, buy now, next >, < prev or back to search.")
+SYSTEM_PROMPT = ("Reply 'Thought: ...' then 'Action: ...'. Actions: search[query], "
+                 "click[product id, option, buy now, next >, < prev, back to search].")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,181 @@
+"""Stage 4 of ETO: DPO on failure/expert trajectory pairs (paper Eq. 11), written from scratch.
+
+    python explore.py --env shop --split train --model runs/demo/sft --out runs/demo/iter1/explore.jsonl \
+        --pairs-with runs/demo/expert.jsonl --pairs-out runs/demo/iter1/pairs.jsonl
+    python dpo.py --model runs/demo/sft --pairs runs/demo/iter1/pairs.jsonl --out runs/demo/iter1/model
+    python dpo.py --model runs/demo/sft --pairs runs/demo/iter1/pairs.jsonl --out runs/demo/control \
+        --dpo-weight 0 --sft-weight 1     # the control: same chosen data and steps, no preference signal
+
+A trajectory's log-prob is the SUM of log p over the agent's tokens of the whole multi-turn
+continuation (observations inside it are masked, with sft.py's `tokenize_conversation`); the reference
+policy is the starting checkpoint, frozen, and its log-probs are computed once before training, so no
+second model sits in memory. The output is a `save_pretrained` folder with args.json.
+"""
+import argparse
+import json
+import math
+import random
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from sft import (InputError, load_model, pad_batch, read_jsonl, run_main, save_model_atomically, set_seed,
+                 token_logps, tokenize_conversation)
+
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    """Per-example DPO losses and the implicit rewards (detached), all of shape (B,).
+
+    Paper Eq. 11: L = -log sigmoid(beta * [(log pi(e_w|u) - log ref(e_w|u)) - (log pi(e_l|u) - log ref(e_l|u))])
+    """
+    chosen_logratios = policy_chosen_logps - reference_chosen_logps
+    rejected_logratios = policy_rejected_logps - reference_rejected_logps
+    losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
+    chosen_rewards = beta * chosen_logratios.detach()
+    rejected_rewards = beta * rejected_logratios.detach()
+    return losses, chosen_rewards, rejected_rewards
+
+
+def tokenize_pair(tokenizer, pair, max_length=None):
+    """(chosen ids, chosen mask, rejected ids, rejected mask): prompt + continuation, agent turns masked in."""
+    chosen = tokenize_conversation(tokenizer, pair["prompt"] + pair["chosen"], max_length)
+    rejected = tokenize_conversation(tokenizer, pair["prompt"] + pair["rejected"], max_length)
+    return chosen + rejected
+
+
+def sequence_logps(model, sequences, device, average=False):
+    """Sum (or mean, with average=True) of log p over each sequence's masked tokens: shape (B,), and token counts."""
+    ids = pad_batch([ids for ids, _ in sequences], 0).to(device)
+    mask = pad_batch([mask for _, mask in sequences], 0).to(device)[:, 1:].float()
+    attention = pad_batch([[1] * len(ids) for ids, _ in sequences], 0).to(device)
+    logps = (token_logps(model, ids, attention) * mask).sum(-1)
+    counts = mask.sum(-1)
+    return (logps / counts if average else logps), counts
+
+
+@torch.no_grad()
+def reference_logps(model, examples, device, average, batch_size=16):
+    """The frozen reference's (chosen, rejected) log-probs, computed once before training."""
+    model.eval()
+    chosen, rejected = [], []
+    for i in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", leave=False):
+        batch = examples[i:i + batch_size]
+        chosen.append(sequence_logps(model, [(e[0], e[1]) for e in batch], device, average)[0])
+        rejected.append(sequence_logps(model, [(e[2], e[3]) for e in batch], device, average)[0])
+    model.train()
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # data and model
+    parser.add_argument("--model", required=True, help="the starting policy, also the frozen reference")
+    parser.add_argument("--pairs", required=True, help="pairs JSONL: prompt, chosen, rejected (from explore.py)")
+    parser.add_argument("--out", required=True, help="output folder (save_pretrained format)")
+    parser.add_argument("--max-length", type=int, default=1024, help="tokens per sequence; longer ones are cut")
+    # the objective
+    parser.add_argument("--beta", type=float, default=0.1, help="paper: 0.1 (authors' script: 0.5 from iteration 2)")
+    parser.add_argument("--dpo-weight", type=float, default=1.0, help="scale of the DPO term")
+    parser.add_argument("--sft-weight", type=float, default=0.0, help="NLL on chosen (0 in the paper)")
+    parser.add_argument("--average-logps", action="store_true", help="mean instead of sum of token log-probs")
+    # optimisation (paper: lr 1e-6, batch 32, 3 epochs for 7B)
+    parser.add_argument("--lr", type=float, default=1e-6)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32, help="pairs per optimizer step")
+    parser.add_argument("--micro-batch-size", type=int, default=8, help="pairs per forward pass")
+    parser.add_argument("--warmup-ratio", type=float, default=0.1, help="then constant, as the authors' script")
+    # system
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args()
+    if args.batch_size % args.micro_batch_size:
+        raise InputError("--batch-size must be a multiple of --micro-batch-size")
+
+    started = time.time()
+    set_seed(args.seed)
+    pairs = read_jsonl(args.pairs, required=("prompt", "chosen", "rejected"))  # before loading any model
+    for line_no, pair in enumerate(pairs, 1):
+        for side in ("chosen", "rejected"):
+            if pair[side][-1]["role"] != "assistant":
+                raise InputError(f"{args.pairs}:{line_no}: {side} must end with an assistant turn")
+    model, tokenizer = load_model(args.model, args.device, args.dtype)
+
+    examples, skipped = [], 0
+    for pair in tqdm(pairs, desc="tokenize", leave=False):
+        example = tokenize_pair(tokenizer, pair, args.max_length)
+        if sum(example[1]) == 0 or sum(example[3]) == 0:  # a side with no trainable token teaches nothing
+            skipped += 1
+            continue
+        examples.append(example)
+    if not examples:
+        raise InputError(f"{args.pairs}: no pair keeps a trainable token on both sides at --max-length {args.max_length}")
+    ref_chosen, ref_rejected = reference_logps(model, examples, args.device, args.average_logps)
+
+    rng = random.Random(args.seed)
+    accumulation = args.batch_size // args.micro_batch_size
+    total_steps = math.ceil(len(examples) / args.batch_size) * args.epochs
+    warmup = max(1, int(args.warmup_ratio * total_steps))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    print(f"dpo: {len(examples)} pairs ({skipped} skipped), {total_steps} steps, beta {args.beta}, lr {args.lr}",
+          file=sys.stderr)
+
+    model.train()
+    history, progress = [], tqdm(total=total_steps, desc="dpo", leave=False)
+    for epoch in range(1, args.epochs + 1):
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for start in range(0, len(order), args.batch_size):
+            step_indices = order[start:start + args.batch_size]
+            metrics = {"loss": 0.0, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/accuracies": 0.0,
+                       "logps/chosen": 0.0, "logps/rejected": 0.0, "nll/chosen": 0.0}
+            for k in range(accumulation):
+                micro = step_indices[k * args.micro_batch_size:(k + 1) * args.micro_batch_size]
+                if not micro:
+                    break
+                batch = [examples[i] for i in micro]
+                # one forward over chosen and rejected together: same weights, one padded batch
+                logps, counts = sequence_logps(model, [(e[0], e[1]) for e in batch] + [(e[2], e[3]) for e in batch],
+                                               args.device, args.average_logps)
+                chosen_logps, rejected_logps = logps[:len(batch)], logps[len(batch):]
+                losses, chosen_rewards, rejected_rewards = dpo_loss(
+                    chosen_logps, rejected_logps, ref_chosen[micro], ref_rejected[micro], args.beta)
+                # NLL on chosen per agent token (the control's term; IPR adds it to DPO)
+                nll = -(chosen_logps if args.average_logps else chosen_logps / counts[:len(batch)])
+                loss = (args.dpo_weight * losses + args.sft_weight * nll).sum() / len(step_indices)
+                loss.backward()
+                share = len(batch) / len(step_indices)
+                metrics["loss"] += loss.item()
+                metrics["nll/chosen"] += nll.mean().item() * share
+                metrics["rewards/chosen"] += chosen_rewards.mean().item() * share
+                metrics["rewards/rejected"] += rejected_rewards.mean().item() * share
+                metrics["rewards/accuracies"] += (chosen_rewards > rejected_rewards).float().mean().item() * share
+                metrics["logps/chosen"] += chosen_logps.mean().item() * share
+                metrics["logps/rejected"] += rejected_logps.mean().item() * share
+            if not math.isfinite(metrics["loss"]):
+                raise InputError(f"loss became {metrics['loss']} at epoch {epoch}; lower --lr (nothing was saved)")
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+            history.append({"epoch": epoch, **{k: round(v, 4) for k, v in metrics.items()}})
+            progress.update(1)
+            progress.set_postfix(loss=f"{metrics['loss']:.3f}", margin=f"{metrics['rewards/margins']:.2f}")
+    progress.close()
+
+    last = history[-max(1, len(history) // 10):]  # the last tenth of steps, averaged
+    summary = {"stage": "dpo", "out": args.out, "pairs": len(examples), "skipped": skipped, "steps": len(history),
+               **{k: round(sum(h[k] for h in last) / len(last), 4) for k in history[-1] if k != "epoch"},
+               "seconds": round(time.time() - started, 1)}
+    save_model_atomically(model, tokenizer, args.out, {"args": vars(args), "history": history, "summary": summary})
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,148 @@
+"""The whole ETO loop as the shell commands a user would type, resumable, with an honest control.
+
+    python loop.py                                   # offline default: shop env, tiny model, CPU
+    python loop.py --run runs/seed1 --seed 1 --iterations 3
+    python loop.py --run runs/smol --model path/to/chat-model --sft-lr 1e-5 --sft-epochs 3 --dpo-lr 1e-6
+
+Expert data -> SFT -> evaluation; then for each iteration i: explore the train tasks with the current
+policy -> failure/expert pairs -> DPO with reference = the current policy -> evaluation on test_seen
+and test_unseen. Beside it runs the control "sft-continued": the same chosen trajectories, the same
+number of steps, NLL only (`dpo.py --dpo-weight 0 --sft-weight 1`), so a gain that more training on
+expert data alone would give is not credited to the failures.
+
+Every command is printed before it runs. A stage whose outputs exist is skipped: every stage writes
+its outputs by rename, so a killed stage leaves nothing that looks complete. Results go to
+RUN/results.jsonl (one line per model and split) and the table is printed at the end.
+"""
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from sft import run_main
+
+SPLITS = ("test_seen", "test_unseen")
+
+
+def run_stage(command, outputs, summary_file):
+    """Run `command` unless every path in `outputs` exists; return the stage's summary dict."""
+    shown = " ".join(shlex.quote(part) for part in command)
+    if all(os.path.exists(path) for path in outputs):
+        print(f"[done] {shown}", flush=True)
+    else:
+        print(f"$ {shown}", flush=True)
+        finished = subprocess.run([sys.executable, *command])
+        if finished.returncode != 0:
+            print(f"error: stage failed with exit status {finished.returncode}: {shown}", file=sys.stderr)
+            sys.exit(finished.returncode)
+    with open(summary_file) as f:
+        return json.load(f)["summary"]
+
+
+def format_table(rows):
+    stages = list(dict.fromkeys(row["stage"] for row in rows))
+    by_key = {(row["stage"], row["split"]): row for row in rows}
+    lines = [f"{'model':<18}" + "".join(f"{split + ' reward':>20}{'success':>10}" for split in SPLITS)]
+    for stage in stages:
+        cells = ""
+        for split in SPLITS:
+            row = by_key.get((stage, split))
+            cells += f"{row['avg_reward']:>20.1f}{row['success_rate']:>10.1f}" if row else f"{'-':>20}{'-':>10}"
+        lines.append(f"{stage:<18}{cells}")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # the run
+    parser.add_argument("--run", default="runs/default", help="folder for every artifact of this run")
+    parser.add_argument("--env", default="shop")
+    parser.add_argument("--model", default="tiny", help="'tiny' or a HF chat-model folder")
+    parser.add_argument("--iterations", type=int, default=2, help="explore -> pairs -> DPO rounds (paper: 2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-control", action="store_true", help="skip the sft-continued control")
+    parser.add_argument("--train-limit", type=int, default=None, help="train tasks used (default: all)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="test tasks per split (default: all)")
+    # SFT
+    parser.add_argument("--sft-epochs", type=int, default=12)
+    parser.add_argument("--sft-lr", type=float, default=2e-3)
+    # exploration (the authors' script explores greedily, once per task)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--samples", type=int, default=1)
+    # DPO
+    parser.add_argument("--dpo-lr", type=float, default=1e-6)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--dpo-epochs", type=int, default=3)
+    parser.add_argument("--sft-weight", type=float, default=0.0, help="NLL on chosen added to ETO's DPO loss")
+    parser.add_argument("--dpo-batch-size", type=int, default=32)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args()
+
+    started = time.time()
+    run = args.run
+    os.makedirs(run, exist_ok=True)
+    with open(os.path.join(run, "loop_args.json"), "w") as f:
+        json.dump(vars(args), f, indent=2)
+    seed = ["--seed", str(args.seed)]
+    train_limit = ["--limit", str(args.train_limit)] if args.train_limit else []
+    eval_limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
+    rows = []
+
+    def evaluate(stage, model_dir):
+        for split in SPLITS:
+            out = os.path.join(run, "eval", f"{stage}.{split}.jsonl")
+            summary = run_stage(["explore.py", "--env", args.env, "--split", split, "--model", model_dir,
+                                 "--out", out, *eval_limit, *seed], [out, out + ".args.json"], out + ".args.json")
+            rows.append({"stage": stage, "split": split, "avg_reward": summary["avg_reward"],
+                         "success_rate": summary["success_rate"], "n": summary["n"], "model": model_dir})
+
+    # 1. expert trajectories and SFT
+    expert = os.path.join(run, "expert.jsonl")
+    run_stage(["explore.py", "--env", args.env, "--split", "train", "--expert", "--out", expert, *train_limit],
+              [expert, expert + ".args.json"], expert + ".args.json")
+    sft_dir = os.path.join(run, "sft")
+    run_stage(["sft.py", "--model", args.model, "--data", expert, "--out", sft_dir, "--epochs", str(args.sft_epochs),
+               "--lr", str(args.sft_lr), *seed], [sft_dir], os.path.join(sft_dir, "args.json"))
+    evaluate("sft", sft_dir)
+
+    # 2. ETO iterations, each with its control trained on the same chosen trajectories
+    policy, control = sft_dir, sft_dir
+    dpo_flags = ["--lr", str(args.dpo_lr), "--beta", str(args.beta), "--epochs", str(args.dpo_epochs),
+                 "--batch-size", str(args.dpo_batch_size), *seed]
+    for iteration in range(1, args.iterations + 1):
+        folder = os.path.join(run, f"iter{iteration}")
+        explored, pairs = os.path.join(folder, "explore.jsonl"), os.path.join(folder, "pairs.jsonl")
+        sampling = ["--temperature", str(args.temperature), "--samples", str(args.samples)]
+        summary = run_stage(["explore.py", "--env", args.env, "--split", "train", "--model", policy, "--out", explored,
+                             "--pairs-with", expert, "--pairs-out", pairs, *sampling, *train_limit, *seed],
+                            [explored, pairs, explored + ".args.json"], explored + ".args.json")
+        print(f"iteration {iteration}: {summary['pairs']} pairs (win {summary['win']}, tie {summary['tie']}, "
+              f"lose {summary['lose']})", flush=True)
+        if summary["pairs"] == 0:
+            print("no pairs: the policy matches the expert on every train task; stopping", flush=True)
+            break
+        model_dir = os.path.join(folder, "model")
+        run_stage(["dpo.py", "--model", policy, "--pairs", pairs, "--out", model_dir, "--sft-weight",
+                   str(args.sft_weight), *dpo_flags], [model_dir], os.path.join(model_dir, "args.json"))
+        evaluate(f"eto-{iteration}", model_dir)
+        policy = model_dir
+        if not args.no_control:
+            control_dir = os.path.join(folder, "control")
+            run_stage(["dpo.py", "--model", control, "--pairs", pairs, "--out", control_dir, "--dpo-weight", "0",
+                       "--sft-weight", "1", *dpo_flags], [control_dir], os.path.join(control_dir, "args.json"))
+            evaluate(f"sft-continued-{iteration}", control_dir)
+            control = control_dir
+
+    results = os.path.join(run, "results.jsonl")
+    with open(results + ".tmp", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    os.replace(results + ".tmp", results)
+    print(format_table(rows))
+    print(json.dumps({"stage": "loop", "run": run, "results": results, "seconds": round(time.time() - started, 1)}))
+
+
+if __name__ == "__main__":
+    run_main(main)

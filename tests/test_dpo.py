@@ -1,0 +1,125 @@
+"""DPO loss against hand-computed values, sequence log-probs, pair rules, a few DPO steps, loop resume."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dpo import dpo_loss, sequence_logps, tokenize_pair
+from explore import make_pairs
+from sft import build_tiny_model, build_tiny_tokenizer
+from tests.conftest import ROOT
+
+
+def sigmoid_loss(x):  # -log sigmoid(x), computed the long way
+    return -math.log(1 / (1 + math.exp(-x)))
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 2.0])
+@pytest.mark.parametrize("pc, pr, rc, rr", [(-1.0, -3.0, -2.0, -2.0), (-5.0, -1.0, -4.0, -2.0), (-10.0, -10.0, -3.0, -7.0)])
+def test_dpo_loss_matches_hand_computation(beta, pc, pr, rc, rr):
+    losses, chosen_rewards, rejected_rewards = dpo_loss(*(torch.tensor([v]) for v in (pc, pr, rc, rr)), beta)
+    margin = (pc - rc) - (pr - rr)
+    assert losses.item() == pytest.approx(sigmoid_loss(beta * margin), rel=1e-6)
+    assert chosen_rewards.item() == pytest.approx(beta * (pc - rc))
+    assert rejected_rewards.item() == pytest.approx(beta * (pr - rr))
+
+
+def test_dpo_loss_is_log2_when_policy_equals_reference_and_rewards_are_detached():
+    policy_chosen = torch.tensor([-4.0, -7.5], requires_grad=True)
+    policy_rejected = torch.tensor([-2.0, -9.0], requires_grad=True)
+    losses, chosen_rewards, rejected_rewards = dpo_loss(policy_chosen, policy_rejected, policy_chosen.detach(),
+                                                        policy_rejected.detach(), 0.1)
+    assert torch.allclose(losses, torch.full((2,), math.log(2)))
+    assert not chosen_rewards.requires_grad and not rejected_rewards.requires_grad
+    losses.sum().backward()  # gradient pushes chosen up, rejected down: d/dx -log sig(b x) = -b/2 at 0
+    assert torch.allclose(policy_chosen.grad, torch.full((2,), -0.05))
+    assert torch.allclose(policy_rejected.grad, torch.full((2,), 0.05))
+
+
+def record(task_id, reward, actions, observations=True):
+    messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": f"task {task_id}"}]
+    for i, action in enumerate(actions):
+        messages.append({"role": "assistant", "content": f"Thought: t\nAction: {action}"})
+        if observations and i < len(actions) - 1:
+            messages.append({"role": "user", "content": f"Observation: after {action}"})
+    return {"task_id": task_id, "reward": reward, "messages": messages}
+
+
+def test_pair_rules_lose_win_tie_and_truncation():
+    expert = [record("a", 1.0, ["e1", "e2"]), record("b", 0.5, ["e1", "e2", "e3"]), record("c", 1.0, ["e1"])]
+    explored = [record("a", 0.0, [f"x{i}" for i in range(10)]),  # lose, cut to 2 + 1 assistant turns
+                record("b", 1.0, ["x1", "x2"]),                   # win: chosen = explored
+                record("c", 1.0, ["x1"])]                         # tie: no pair
+    pairs, counts = make_pairs(explored, expert, extra_turns=1)
+    assert counts == {"win": 1, "tie": 1, "lose": 1} and len(pairs) == 2
+    lose, win = pairs
+    assert lose["prompt"] == expert[0]["messages"][:2]
+    assert lose["chosen"] == expert[0]["messages"][2:] and (lose["chosen_reward"], lose["rejected_reward"]) == (1.0, 0.0)
+    assert [m["content"][-2:] for m in lose["rejected"] if m["role"] == "assistant"] == ["x0", "x1", "x2"]
+    assert win["chosen"] == explored[1]["messages"][2:] and (win["chosen_reward"], win["rejected_reward"]) == (1.0, 0.5)
+    for pair in pairs:
+        assert pair["chosen"][-1]["role"] == "assistant" and pair["rejected"][-1]["role"] == "assistant"
+
+
+TEXTS = ["system user assistant Thought: Action: click[buy now] search[red shoes] Observation: page one two"]
+
+
+def test_sequence_logps_equal_a_manual_token_sum():
+    torch.manual_seed(0)
+    tokenizer = build_tiny_tokenizer(TEXTS, 300)
+    model = build_tiny_model(tokenizer, hidden=32, layers=1).eval()
+    pair = make_pairs([record("a", 0.0, ["search[red]", "click[one]", "click[two]"])],
+                      [record("a", 1.0, ["search[red shoes]", "click[buy now]"])])[0][0]
+    chosen_ids, chosen_mask, rejected_ids, rejected_mask = tokenize_pair(tokenizer, pair)
+    with torch.no_grad():
+        logps, counts = sequence_logps(model, [(chosen_ids, chosen_mask), (rejected_ids, rejected_mask)], "cpu")
+        for k, (ids, mask) in enumerate([(chosen_ids, chosen_mask), (rejected_ids, rejected_mask)]):
+            log_probs = torch.log_softmax(model(torch.tensor([ids])).logits[0], -1)
+            manual = sum(log_probs[t - 1, ids[t]].item() for t in range(1, len(ids)) if mask[t])
+            assert logps[k].item() == pytest.approx(manual, rel=1e-5)
+            assert counts[k].item() == sum(mask[1:])
+    # observations inside the continuation are not scored
+    text = tokenizer.decode([i for i, m in zip(rejected_ids, rejected_mask) if m])
+    assert "Observation" not in text and text.count("Action:") == 3
+
+
+def test_a_few_dpo_steps_widen_the_margin():
+    torch.manual_seed(0)
+    tokenizer = build_tiny_tokenizer(TEXTS, 300)
+    model = build_tiny_model(tokenizer, hidden=32, layers=1)
+    pairs, _ = make_pairs([record(t, 0.0, ["click[one]", "click[two]"]) for t in "abcd"],
+                          [record(t, 1.0, ["search[red shoes]", "click[buy now]"]) for t in "abcd"])
+    examples = [tokenize_pair(tokenizer, p) for p in pairs]
+    sequences = [(e[0], e[1]) for e in examples] + [(e[2], e[3]) for e in examples]
+    with torch.no_grad():
+        reference, _ = sequence_logps(model, sequences, "cpu")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    margins = []
+    for _ in range(10):
+        logps, _ = sequence_logps(model, sequences, "cpu")
+        losses, chosen_rewards, rejected_rewards = dpo_loss(logps[:4], logps[4:], reference[:4], reference[4:], 0.1)
+        margins.append((chosen_rewards - rejected_rewards).mean().item())
+        optimizer.zero_grad()
+        losses.mean().backward()
+        optimizer.step()
+    assert margins[0] == pytest.approx(0.0, abs=1e-5) and margins[-1] > 0.5
+
+
+def test_loop_runs_and_resume_skips_finished_stages(tmp_path):
+    command = [sys.executable, "loop.py", "--run", str(tmp_path / "run"), "--train-limit", "8", "--eval-limit", "2",
+               "--sft-epochs", "1", "--iterations", "1", "--dpo-epochs", "1"]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "$ explore.py" in first.stdout and "[done]" not in first.stdout
+    rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert {(r["stage"], r["split"]) for r in rows} == {(s, split) for s in ("sft", "eto-1", "sft-continued-1")
+                                                        for split in ("test_seen", "test_unseen")}
+    assert all(r["n"] == 2 for r in rows)
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and "$ " not in second.stdout and second.stdout.count("[done]") >= 8
+    assert (tmp_path / "run" / "results.jsonl").read_text().splitlines() == \
+        [json.dumps(r) for r in rows]

@@ -1,0 +1,105 @@
+"""The rollout loop: action parsing, invalid-format feedback, batched == one-by-one greedy, the CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import envs
+from explore import INVALID_FORMAT, make_expert_policy, make_generate_policy, parse_action, rollout, summarize
+from sft import build_tiny_model, build_tiny_tokenizer
+from tests.conftest import ROOT
+
+ENV = envs.make("shop")
+
+
+def test_parse_action():
+    assert parse_action("Thought: go.\nAction: search[red shoes]") == "search[red shoes]"
+    assert parse_action("Action:click[buy now]  ") == "click[buy now]"
+    assert parse_action("Thought: a\nAction: click[a]\nAction: click[b]") == "click[b]"  # the last one counts
+    assert parse_action("Action: click[x]\nObservation: fake") == "click[x]"
+    assert parse_action("Thought: no action here") is None
+    assert parse_action("Action:   ") is None
+
+
+def scripted_policy(replies_by_turn):
+    def policy(conversations):
+        turn = sum(m["role"] == "assistant" for m in conversations[0])
+        return [(replies_by_turn[min(turn, len(replies_by_turn) - 1)], True)] * len(conversations)
+    return policy
+
+
+def test_reply_without_action_gets_invalid_format_and_costs_a_step():
+    policy = scripted_policy(["I think I will search.", "Thought: ok\nAction: search[cotton t-shirt]",
+                              "Thought: hm\nAction: click[nothing]"])
+    [record] = rollout("shop", [("train-0", 0)], policy, max_steps=4)
+    messages = record["messages"]
+    assert messages[3] == {"role": "user", "content": "Observation: " + INVALID_FORMAT}
+    assert record["steps"] == 4 and record["stop"] == "max_steps" and record["reward"] == 0.0
+    assert record["invalid_actions"] == 3  # the reply with no action, then click[nothing] twice
+    assert messages[-1]["role"] == "assistant"
+
+
+def test_expert_rollout_records():
+    episodes = [(task_id, 0) for task_id in ENV.task_ids("test_unseen")[:20]]
+    records = rollout("shop", episodes, make_expert_policy(ENV), batch_size=7, expert=True)
+    for record in records:
+        record["success"] = record["reward"] >= 1
+    summary = summarize(records)
+    assert summary["n"] == 20 and summary["avg_reward"] == 100.0 and summary["invalid_action_rate"] == 0
+    first = records[0]
+    assert [m["role"] for m in first["messages"][:3]] == ["system", "user", "assistant"]
+    assert first["messages"][-1]["role"] == "assistant"
+    assert all(m["content"].startswith("Observation: ") for m in first["messages"][3::2])
+
+
+def test_batched_greedy_equals_one_by_one():
+    torch.manual_seed(0)
+    texts = [ENV.reset(t) for t in ENV.task_ids("train")[:50]] + [ENV.system_prompt, "system user assistant"]
+    tokenizer = build_tiny_tokenizer(texts + ["Thought: Action: click[buy now] search[shoes]"], 600)
+    model = build_tiny_model(tokenizer, hidden=64, layers=2).eval()
+    policy = make_generate_policy(model, tokenizer, max_new_tokens=12)
+    episodes = [(task_id, 0) for task_id in ENV.task_ids("test_seen")[:5]]
+    batched = rollout("shop", episodes, policy, batch_size=5, max_steps=3)
+    single = [rollout("shop", [episode], policy, batch_size=1, max_steps=3)[0] for episode in episodes]
+    assert [r["messages"] for r in batched] == [r["messages"] for r in single]
+    assert len({r["messages"][2]["content"] for r in batched}) > 1  # the episodes really differ
+
+
+def run(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_expert_sft_eval(tmp_path):
+    expert = tmp_path / "expert.jsonl"
+    done = run("explore.py", "--env", "shop", "--split", "train", "--expert", "--limit", "60", "--out", str(expert))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["n"] == 60 and summary["avg_reward"] == 100.0
+    assert len(expert.read_text().splitlines()) == 60
+    model_dir = tmp_path / "sft"
+    done = run("sft.py", "--model", "tiny", "--data", str(expert), "--out", str(model_dir), "--epochs", "2",
+               "--tiny-hidden", "32", "--tiny-layers", "1", "--batch-size", "8", "--micro-batch-size", "4")
+    assert done.returncode == 0, done.stderr
+    assert (model_dir / "model.safetensors").exists() and (model_dir / "args.json").exists()
+    assert json.loads(done.stdout.strip().splitlines()[-1])["epochs"] == 2
+    evaluation = tmp_path / "eval.jsonl"
+    done = run("explore.py", "--split", "test_unseen", "--model", str(model_dir), "--limit", "4",
+               "--max-new-tokens", "16", "--max-steps", "2", "--out", str(evaluation))
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in evaluation.read_text().splitlines()]
+    assert len(records) == 4 and all(r["steps"] <= 2 and r["temperature"] == 0.0 for r in records)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--env", "webshop", "--expert"], "unknown env 'webshop'; valid envs: shop"),
+    (["--split", "dev", "--expert"], "unknown split 'dev'"),
+    (["--model", "no/such/folder"], "cannot load model 'no/such/folder'"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, args, message):
+    out = tmp_path / "x.jsonl"
+    done = run("explore.py", *args, "--out", str(out))
+    assert done.returncode == 2 and message in done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()

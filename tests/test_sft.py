@@ -1,0 +1,135 @@
+"""Loss masking (tiny tokenizer and real-model-style templates where pad == eos) and a tiny SFT run."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+import envs
+from sft import build_tiny_model, build_tiny_tokenizer, masked_nll, tokenize_conversation
+from tests.conftest import ROOT
+
+ENV = envs.make("shop")
+
+
+def expert_messages(task_id):
+    messages = [{"role": "system", "content": ENV.system_prompt}, {"role": "user", "content": ENV.reset(task_id)}]
+    for turn in ENV.expert(task_id):
+        messages.append({"role": "assistant", "content": turn})
+        observation, _, done = ENV.step(turn.split("Action: ")[1])
+        if not done:
+            messages.append({"role": "user", "content": "Observation: " + observation})
+    return messages
+
+
+CONVERSATIONS = [expert_messages(f"train-{i}") for i in range(12)]
+TEXTS = [m["content"] for c in CONVERSATIONS for m in c] + ["system user assistant"]
+
+LLAMA3_TEMPLATE = (
+    "<|begin_of_text|>{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+LLAMA2_TEMPLATE = (  # system folded into the first user turn, a space before the content, </s> after it
+    "{% for message in messages %}{% if message['role'] == 'system' %}<s>[INST] <<SYS>>\n{{ message['content'] }}\n<</SYS>>\n\n"
+    "{% elif message['role'] == 'user' %}{% if loop.index0 != 1 %}<s>[INST] {% endif %}{{ message['content'] }} [/INST]"
+    "{% else %} {{ message['content'] }} </s>{% endif %}{% endfor %}")
+
+
+def real_style_tokenizer(template, specials, eos):
+    """A BPE tokenizer in a real chat model's style: its own specials, and pad == eos."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=800, special_tokens=specials, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=eos, pad_token=eos, chat_template=template)
+
+
+def tiny_pad_is_eos():
+    tokenizer = build_tiny_tokenizer(TEXTS, 800)
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+TOKENIZERS = {
+    "tiny": lambda: build_tiny_tokenizer(TEXTS, 800),
+    "chatml pad==eos": tiny_pad_is_eos,
+    "llama3 pad==eos": lambda: real_style_tokenizer(
+        LLAMA3_TEMPLATE, ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], "<|eot_id|>"),
+    "llama2 pad==eos": lambda: real_style_tokenizer(LLAMA2_TEMPLATE, ["<s>", "</s>"], "</s>"),
+}
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_mask_covers_exactly_the_assistant_turns(name):
+    tokenizer = TOKENIZERS[name]()
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id or name == "tiny"
+    eot = {"tiny": "<|im_end|>", "chatml pad==eos": "<|im_end|>", "llama3 pad==eos": "<|eot_id|>",
+           "llama2 pad==eos": "</s>"}[name]
+    for messages in CONVERSATIONS[:4]:
+        ids, mask = tokenize_conversation(tokenizer, messages)
+        full_text = tokenizer.apply_chat_template(messages, tokenize=False)
+        assert ids == tokenizer(full_text, add_special_tokens=False)["input_ids"]
+        assert len(mask) == len(ids)
+        # group the masked tokens into runs: each run is one assistant turn plus its end-of-turn token
+        runs, current = [], []
+        for token_id, bit in zip(ids, mask):
+            if bit:
+                current.append(token_id)
+            elif current:
+                runs.append(current)
+                current = []
+        if current:
+            runs.append(current)
+        assistant = [m["content"] for m in messages if m["role"] == "assistant"]
+        decoded = [tokenizer.decode(run) for run in runs]
+        # exactly the assistant contents, each followed by its end-of-turn token (only whitespace between)
+        assert [d[:-len(eot)].strip() for d in decoded] == assistant
+        assert all(d.endswith(eot) for d in decoded)  # the model learns to stop: eot is trained on
+
+
+def test_truncation_keeps_the_start_and_can_leave_nothing():
+    tokenizer = TOKENIZERS["tiny"]()
+    ids, mask = tokenize_conversation(tokenizer, CONVERSATIONS[0])
+    first_assistant = mask.index(1)
+    short_ids, short_mask = tokenize_conversation(tokenizer, CONVERSATIONS[0], max_length=first_assistant)
+    assert short_ids == ids[:first_assistant] and sum(short_mask) == 0
+
+
+def test_sft_loss_falls_on_a_tiny_model():
+    torch.manual_seed(0)
+    tokenizer = TOKENIZERS["tiny"]()
+    model = build_tiny_model(tokenizer, hidden=64, layers=2)
+    examples = [tokenize_conversation(tokenizer, m) for m in CONVERSATIONS]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss_sum, count = masked_nll(model, examples, "cpu")
+        loss = loss_sum / count
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_masked_nll_matches_a_manual_token_sum():
+    torch.manual_seed(0)
+    tokenizer = TOKENIZERS["tiny"]()
+    model = build_tiny_model(tokenizer, hidden=32, layers=1).eval()
+    ids, mask = tokenize_conversation(tokenizer, CONVERSATIONS[0])
+    with torch.no_grad():
+        loss_sum, count = masked_nll(model, [(ids, mask), (ids[:50], mask[:50])], "cpu")
+        manual, manual_count = 0.0, 0
+        for seq, seq_mask in [(ids, mask), (ids[:50], mask[:50])]:
+            logits = model(torch.tensor([seq])).logits[0]
+            for t in range(1, len(seq)):
+                if seq_mask[t]:
+                    manual -= torch.log_softmax(logits[t - 1], -1)[seq[t]].item()
+                    manual_count += 1
+    assert count.item() == manual_count
+    assert loss_sum.item() == pytest.approx(manual, rel=1e-5)
