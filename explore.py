@@ -132,13 +132,9 @@ def rollout(env_name, episodes, policy, batch_size=32, expert=False, max_steps=N
 
 # ---- pairs (ETO step 3) ----------------------------------------------------------------------------
 def cut_after_assistant_turns(messages, n_turns):
-    """The messages up to and including the n-th assistant turn."""
-    seen = 0
-    for i, message in enumerate(messages):
-        seen += message["role"] == "assistant"
-        if seen == n_turns:
-            return messages[:i + 1]
-    return messages
+    """The messages up to and including the n-th assistant turn (or the last one, if fewer)."""
+    assistant_at = [i for i, message in enumerate(messages) if message["role"] == "assistant"][:n_turns]
+    return messages[:assistant_at[-1] + 1] if assistant_at else []
 
 
 def make_pairs(explored, expert, extra_turns=5):
@@ -164,11 +160,14 @@ def make_pairs(explored, expert, extra_turns=5):
         outcome = "win" if record["reward"] > reference["reward"] else "lose"
         counts[outcome] += 1
         chosen, rejected = (record, reference) if outcome == "win" else (reference, record)
-        chosen_turns = chosen["messages"][start:]
+        # both sides end on an assistant turn (an episode cut by the context limit ends on an observation)
+        chosen_turns = cut_after_assistant_turns(chosen["messages"][start:], len(chosen["messages"]))
         n_chosen = sum(m["role"] == "assistant" for m in chosen_turns)
+        rejected_turns = cut_after_assistant_turns(rejected["messages"][start:], n_chosen + extra_turns)
+        if not chosen_turns or not rejected_turns:
+            continue
         pairs.append({"task_id": record["task_id"], "prompt": reference["messages"][:start],
-                      "chosen": chosen_turns,
-                      "rejected": cut_after_assistant_turns(rejected["messages"][start:], n_chosen + extra_turns),
+                      "chosen": chosen_turns, "rejected": rejected_turns,
                       "chosen_reward": chosen["reward"], "rejected_reward": rejected["reward"]})
     return pairs, counts
 

@@ -66,9 +66,10 @@ def main():
     parser.add_argument("--no-control", action="store_true", help="skip the sft-continued control")
     parser.add_argument("--train-limit", type=int, default=None, help="train tasks used (default: all)")
     parser.add_argument("--eval-limit", type=int, default=None, help="test tasks per split (default: all)")
+    parser.add_argument("--max-steps", type=int, default=None, help="actions per episode (default: the env's)")
     # SFT
-    parser.add_argument("--sft-epochs", type=int, default=12)
-    parser.add_argument("--sft-lr", type=float, default=2e-3)
+    parser.add_argument("--sft-epochs", type=int, default=10)
+    parser.add_argument("--sft-lr", type=float, default=3e-3)
     # exploration (the authors' script explores greedily, once per task)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--samples", type=int, default=1)
@@ -89,13 +90,14 @@ def main():
     seed = ["--seed", str(args.seed)]
     train_limit = ["--limit", str(args.train_limit)] if args.train_limit else []
     eval_limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
+    rollout_flags = seed + (["--max-steps", str(args.max_steps)] if args.max_steps else [])
     rows = []
 
     def evaluate(stage, model_dir):
         for split in SPLITS:
             out = os.path.join(run, "eval", f"{stage}.{split}.jsonl")
             summary = run_stage(["explore.py", "--env", args.env, "--split", split, "--model", model_dir,
-                                 "--out", out, *eval_limit, *seed], [out, out + ".args.json"], out + ".args.json")
+                                 "--out", out, *eval_limit, *rollout_flags], [out, out + ".args.json"], out + ".args.json")
             rows.append({"stage": stage, "split": split, "avg_reward": summary["avg_reward"],
                          "success_rate": summary["success_rate"], "n": summary["n"], "model": model_dir})
 
@@ -117,7 +119,7 @@ def main():
         explored, pairs = os.path.join(folder, "explore.jsonl"), os.path.join(folder, "pairs.jsonl")
         sampling = ["--temperature", str(args.temperature), "--samples", str(args.samples)]
         summary = run_stage(["explore.py", "--env", args.env, "--split", "train", "--model", policy, "--out", explored,
-                             "--pairs-with", expert, "--pairs-out", pairs, *sampling, *train_limit, *seed],
+                             "--pairs-with", expert, "--pairs-out", pairs, *sampling, *train_limit, *rollout_flags],
                             [explored, pairs, explored + ".args.json"], explored + ".args.json")
         print(f"iteration {iteration}: {summary['pairs']} pairs (win {summary['win']}, tie {summary['tie']}, "
               f"lose {summary['lose']})", flush=True)

@@ -168,6 +168,8 @@ def tasks():
             query = " ".join(attributes) + " " + category
             first_page = [products[pid] for pid in search(query)[:RESULTS_PER_PAGE]]
             target = next((p for p in first_page if satisfies(p, Task("", category, attributes, options, cap, "", "", ""))), None)
+            if split == "test_seen" and (category, frozenset(attributes)) not in train_combinations:
+                continue  # test_seen asks only for combinations that train has
             if key in seen_keys or target is None:
                 continue  # a duplicate, or the first page holds no right answer: draw again
             seen_keys.add(key)
@@ -177,6 +179,8 @@ def tasks():
             split_tasks.append(Task(f"{split}-{len(split_tasks)}", category, attributes, options, cap,
                                     instruction, query, target.id))
         by_split[split] = split_tasks
+        if split == "train":
+            train_combinations = {(t.category, frozenset(t.attributes)) for t in split_tasks}
     return by_split
 
 

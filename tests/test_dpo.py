@@ -54,6 +54,7 @@ def test_pair_rules_lose_win_tie_and_truncation():
     explored = [record("a", 0.0, [f"x{i}" for i in range(10)]),  # lose, cut to 2 + 1 assistant turns
                 record("b", 1.0, ["x1", "x2"]),                   # win: chosen = explored
                 record("c", 1.0, ["x1"])]                         # tie: no pair
+    explored[0]["messages"].append({"role": "user", "content": "Observation: cut by the context limit"})
     pairs, counts = make_pairs(explored, expert, extra_turns=1)
     assert counts == {"win": 1, "tie": 1, "lose": 1} and len(pairs) == 2
     lose, win = pairs
@@ -109,9 +110,10 @@ def test_a_few_dpo_steps_widen_the_margin():
     assert margins[0] == pytest.approx(0.0, abs=1e-5) and margins[-1] > 0.5
 
 
+@pytest.mark.slow
 def test_loop_runs_and_resume_skips_finished_stages(tmp_path):
     command = [sys.executable, "loop.py", "--run", str(tmp_path / "run"), "--train-limit", "8", "--eval-limit", "2",
-               "--sft-epochs", "1", "--iterations", "1", "--dpo-epochs", "1"]
+               "--sft-epochs", "1", "--iterations", "1", "--dpo-epochs", "1", "--max-steps", "2"]
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "$ explore.py" in first.stdout and "[done]" not in first.stdout

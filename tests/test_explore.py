@@ -60,6 +60,10 @@ def test_batched_greedy_equals_one_by_one():
     texts = [ENV.reset(t) for t in ENV.task_ids("train")[:50]] + [ENV.system_prompt, "system user assistant"]
     tokenizer = build_tiny_tokenizer(texts + ["Thought: Action: click[buy now] search[shoes]"], 600)
     model = build_tiny_model(tokenizer, hidden=64, layers=2).eval()
+    with torch.no_grad():  # wide random weights: replies differ per prompt instead of one flat default
+        for weight in model.parameters():
+            if weight.dim() > 1:
+                weight.normal_(0, 0.1)
     policy = make_generate_policy(model, tokenizer, max_new_tokens=12)
     episodes = [(task_id, 0) for task_id in ENV.task_ids("test_seen")[:5]]
     batched = rollout("shop", episodes, policy, batch_size=5, max_steps=3)
