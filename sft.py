@@ -274,7 +274,7 @@ def main():
     parser.add_argument("--max-length", type=int, default=1024, help="tokens per example; longer ones are cut")
     parser.add_argument("--dev-fraction", type=float, default=0.05, help="held-out share for the dev loss")
     # optimisation (defaults suit --model tiny; the paper used lr 1e-5, 3 epochs, batch 64 for 7B)
-    parser.add_argument("--epochs", type=int, default=10, help="most epochs to train")
+    parser.add_argument("--epochs", type=int, default=10, help="most epochs to train (0: save the untrained model)")
     parser.add_argument("--patience", type=int, default=2, help="stop after this many epochs without a dev-loss gain (0: never)")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--warmup-ratio", type=float, default=0.03)
@@ -368,8 +368,8 @@ def main():
 
     summary = {"stage": "sft", "out": args.out, "params": n_params, "examples": len(train_examples),
                "dev_examples": len(dev_examples), "skipped": skipped, "truncated": truncated,
-               "epochs": len(history), "train_loss": history[-1]["train_loss"],
-               "dev_loss": round(best_dev, 4) if dev_examples else None, "seconds": round(time.time() - started, 1)}
+               "epochs": len(history), "train_loss": history[-1]["train_loss"] if history else None,
+               "dev_loss": round(best_dev, 4) if dev_examples and history else None, "seconds": round(time.time() - started, 1)}
     save_model_atomically(model, tokenizer, args.out, {"args": vars(args), "history": history, "summary": summary})
     print(json.dumps(summary))
 
