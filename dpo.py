@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from sft import (InputError, load_model, pad_batch, read_jsonl, run_main, save_model_atomically, set_seed,
-                 token_logps, tokenize_conversation)
+from sft import (InputError, add_system_flags, load_model, pad_batch, read_jsonl, run_main, save_model_atomically,
+                 set_seed, token_logps, tokenize_conversation)
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
@@ -87,11 +87,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per optimizer step")
     parser.add_argument("--micro-batch-size", type=int, default=8, help="pairs per forward pass")
     parser.add_argument("--warmup-ratio", type=float, default=0.1, help="then constant, as the authors' script")
-    # system
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_system_flags(parser)
     args = parser.parse_args()
     if args.batch_size % args.micro_batch_size:
         raise InputError("--batch-size must be a multiple of --micro-batch-size")

@@ -25,7 +25,8 @@ import torch
 from tqdm import tqdm
 
 import envs
-from sft import InputError, end_of_turn_token, load_model, read_jsonl, run_main, set_seed, write_json, write_jsonl
+from sft import (InputError, add_system_flags, end_of_turn_token, load_model, read_jsonl, run_main, set_seed,
+                 write_json, write_jsonl)
 
 INVALID_FORMAT = (f"{envs.INVALID}: no 'Action:' found. Reply as 'Thought: ...' on one line and "
                   f"'Action: ...' on the next.")
@@ -202,11 +203,7 @@ def main():
     parser.add_argument("--pairs-with", help="expert trajectory JSONL to pair the explored trajectories with")
     parser.add_argument("--pairs-out", help="where to write the pairs JSONL (needs --pairs-with)")
     parser.add_argument("--extra-turns", type=int, default=5, help="rejected side: chosen turns + this many")
-    # system
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_system_flags(parser)
     args = parser.parse_args()
     if args.samples < 1 or args.batch_size < 1:
         raise InputError("--samples and --batch-size must be at least 1")

@@ -106,6 +106,15 @@ def set_seed(seed):
     torch.manual_seed(seed)
 
 
+def add_system_flags(parser):
+    """The flags every stage shares: seed, device, dtype, debug."""
+    group = parser.add_argument_group("system")
+    group.add_argument("--seed", type=int, default=0, help="seeds python and torch; recorded in every output")
+    group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    group.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
+    group.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+
+
 def run_main(main):
     """Run a stage's main(): an InputError (or ValueError from an env) is one line on stderr, exit 2."""
     try:
@@ -285,11 +294,7 @@ def main():
     parser.add_argument("--tiny-hidden", type=int, default=192)
     parser.add_argument("--tiny-layers", type=int, default=4)
     parser.add_argument("--tiny-vocab", type=int, default=2048)
-    # system
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_system_flags(parser)
     args = parser.parse_args()
     if args.batch_size % args.micro_batch_size:
         raise InputError("--batch-size must be a multiple of --micro-batch-size")
