@@ -107,3 +107,19 @@ def test_cli_bad_input_is_one_line(tmp_path, args, message):
     done = run("explore.py", *args, "--out", str(out))
     assert done.returncode == 2 and message in done.stderr
     assert "Traceback" not in done.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("script, content, message", [
+    ("sft.py", '{"messages": [{"role": "user", "content": "hi"}]}\n{not json\n', ":2: not valid JSON"),
+    ("sft.py", '{"text": "hi"}\n', ":1: missing field 'messages'"),
+    ("sft.py", "", ": the file holds no records"),
+    ("dpo.py", '{"prompt": [{"role": "user", "content": "hi"}], "chosen": []}\n', ":1: missing field 'rejected'"),
+])
+def test_bad_training_files_fail_in_one_line_before_any_model_loads(tmp_path, script, content, message):
+    data = tmp_path / "data.jsonl"
+    data.write_text(content)
+    flag = "--data" if script == "sft.py" else "--pairs"
+    extra = [] if script == "sft.py" else ["--model", "no/such/model"]  # never reached: the file fails first
+    done = run(script, flag, str(data), "--out", str(tmp_path / "out"), *extra)
+    assert done.returncode == 2 and f"{data}{message}" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
