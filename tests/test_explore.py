@@ -55,15 +55,33 @@ def test_expert_rollout_records():
     assert all(m["content"].startswith("Observation: ") for m in first["messages"][3::2])
 
 
-def test_batched_greedy_equals_one_by_one():
+def random_model():
+    """A tiny model with wide random weights: its replies differ per prompt instead of one flat default."""
     torch.manual_seed(0)
     texts = [ENV.reset(t) for t in ENV.task_ids("train")[:50]] + [ENV.system_prompt, "system user assistant"]
     tokenizer = build_tiny_tokenizer(texts + ["Thought: Action: click[buy now] search[shoes]"], 600)
     model = build_tiny_model(tokenizer, hidden=64, layers=2).eval()
-    with torch.no_grad():  # wide random weights: replies differ per prompt instead of one flat default
+    with torch.no_grad():
         for weight in model.parameters():
             if weight.dim() > 1:
                 weight.normal_(0, 0.1)
+    return model, tokenizer
+
+
+def test_sampled_rollouts_replay_from_their_seed():
+    model, tokenizer = random_model()
+    episodes = [(task_id, sample) for task_id in ENV.task_ids("train")[:3] for sample in range(2)]
+    def sampled(seed):
+        policy = make_generate_policy(model, tokenizer, temperature=1.0, max_new_tokens=10, seed=seed)
+        return [r["messages"] for r in rollout("shop", episodes, policy, batch_size=4, max_steps=2)]
+    first = sampled(seed=1)
+    assert sampled(seed=1) == first
+    assert sampled(seed=2) != first
+    assert first[0] != first[1]  # two samples of one task differ
+
+
+def test_batched_greedy_equals_one_by_one():
+    model, tokenizer = random_model()
     policy = make_generate_policy(model, tokenizer, max_new_tokens=12)
     episodes = [(task_id, 0) for task_id in ENV.task_ids("test_seen")[:5]]
     batched = rollout("shop", episodes, policy, batch_size=5, max_steps=3)
