@@ -218,6 +218,10 @@ def main():
     set_seed(args.seed)
     env = envs.make(args.env)
     task_ids = env.task_ids(envs.check_split(args.split))[:args.limit]
+    if expert_records is not None:  # fail now, not after minutes of rollouts
+        missing = sorted(set(task_ids) - {record["task_id"] for record in expert_records})
+        if missing:
+            raise InputError(f"{args.pairs_with}: no expert trajectory for {len(missing)} tasks, e.g. {missing[0]!r}")
     episodes = [(task_id, sample) for task_id in task_ids for sample in range(args.samples)]
     if args.expert:
         policy, settings = make_expert_policy(env), {"temperature": None, "top_p": None}
@@ -229,12 +233,12 @@ def main():
     for record in records:
         record.update({"env": args.env, "split": args.split, "success": record["reward"] >= 1.0,
                        "seed": args.seed, "policy": "expert" if args.expert else args.model, **settings})
-    write_jsonl(args.out, records)
     summary = {"stage": "explore", "out": args.out, **summarize(records)}
     if expert_records is not None:
         pairs, counts = make_pairs(records, expert_records, args.extra_turns)
         write_jsonl(args.pairs_out, pairs)
         summary.update({"pairs": len(pairs), **counts})
+    write_jsonl(args.out, records)  # then the .args.json: written last, it marks the stage complete
     summary["seconds"] = round(time.time() - started, 1)
     write_json(args.out + ".args.json", {"args": vars(args), "summary": summary})
     print(json.dumps(summary))

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from sft import run_main
+from sft import run_main, write_json, write_jsonl
 
 SPLITS = ("test_seen", "test_unseen")
 
@@ -85,8 +85,7 @@ def main():
     started = time.time()
     run = args.run
     os.makedirs(run, exist_ok=True)
-    with open(os.path.join(run, "loop_args.json"), "w") as f:
-        json.dump(vars(args), f, indent=2)
+    write_json(os.path.join(run, "loop_args.json"), vars(args))
     seed = ["--seed", str(args.seed)]
     train_limit = ["--limit", str(args.train_limit)] if args.train_limit else []
     eval_limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
@@ -139,9 +138,7 @@ def main():
             control = control_dir
 
     results = os.path.join(run, "results.jsonl")
-    with open(results + ".tmp", "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-    os.replace(results + ".tmp", results)
+    write_jsonl(results, rows)
     print(format_table(rows))
     print(json.dumps({"stage": "loop", "run": run, "results": results, "seconds": round(time.time() - started, 1)}))
 

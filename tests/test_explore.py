@@ -141,3 +141,14 @@ def test_bad_training_files_fail_in_one_line_before_any_model_loads(tmp_path, sc
     done = run(script, flag, str(data), "--out", str(tmp_path / "out"), *extra)
     assert done.returncode == 2 and f"{data}{message}" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_pairs_with_an_expert_file_missing_tasks_fails_before_any_rollout(tmp_path):
+    expert = tmp_path / "expert.jsonl"
+    done = run("explore.py", "--expert", "--limit", "3", "--out", str(expert))
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "explore.jsonl"
+    done = run("explore.py", "--expert", "--limit", "5", "--out", str(out), "--pairs-with", str(expert),
+               "--pairs-out", str(tmp_path / "pairs.jsonl"))
+    assert done.returncode == 2 and "no expert trajectory for 2 tasks, e.g. 'train-3'" in done.stderr
+    assert not out.exists()
