@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from sft import (InputError, add_system_flags, load_model, pad_batch, read_jsonl, run_main, save_model_atomically,
-                 set_seed, token_logps, tokenize_conversation)
+from sft import (InputError, add_system_flags, load_model, read_jsonl, run_main, save_model_atomically, sequence_logps,
+                 set_seed, tokenize_conversation)
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
@@ -44,16 +44,6 @@ def tokenize_pair(tokenizer, pair, max_length=None):
     chosen = tokenize_conversation(tokenizer, pair["prompt"] + pair["chosen"], max_length)
     rejected = tokenize_conversation(tokenizer, pair["prompt"] + pair["rejected"], max_length)
     return chosen + rejected
-
-
-def sequence_logps(model, sequences, device, average=False):
-    """Sum (or mean, with average=True) of log p over each sequence's masked tokens: shape (B,), and token counts."""
-    ids = pad_batch([ids for ids, _ in sequences], 0).to(device)
-    mask = pad_batch([mask for _, mask in sequences], 0).to(device)[:, 1:].float()
-    attention = pad_batch([[1] * len(ids) for ids, _ in sequences], 0).to(device)
-    logps = (token_logps(model, ids, attention) * mask).sum(-1)
-    counts = mask.sum(-1)
-    return (logps / counts if average else logps), counts
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Stages 0, 2 and 5 of ETO: one rollout loop for expert data, exploration and evaluation.
+"""ETO steps 2, 3 and 5: one rollout loop for exploration, pairs and evaluation (and the expert data for step 1).
 
     python explore.py --env shop --split train --expert --out runs/demo/expert.jsonl
     python explore.py --env shop --split train --model runs/demo/sft --out runs/demo/explore.jsonl \
@@ -39,7 +39,8 @@ def parse_action(reply):
 
 
 def make_generate_policy(model, tokenizer, temperature=0.0, top_p=1.0, max_new_tokens=64, seed=0):
-    """A policy: list of conversations -> list of (reply, finished) from one batched `generate` call."""
+    """A policy: (conversations, task ids) -> one (reply, finished) per conversation, from one batched
+    `generate` call; None for a conversation that no longer fits the model's context."""
     from transformers import GenerationConfig
     stop_ids = sorted({tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)), tokenizer.eos_token_id})
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
@@ -49,21 +50,25 @@ def make_generate_policy(model, tokenizer, temperature=0.0, top_p=1.0, max_new_t
     calls = [0]
 
     @torch.no_grad()
-    def policy(conversations):
+    def policy(conversations, task_ids=None):
         texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        fits = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) + max_new_tokens <= context for text in texts]
+        if not any(fits):
+            return [None] * len(texts)
         tokenizer.padding_side = "left"  # left padding keeps every prompt's last token at the end
-        batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
-        if batch["input_ids"].shape[1] + max_new_tokens > context:
-            raise OverflowError
+        batch = tokenizer([t for t, ok in zip(texts, fits) if ok], add_special_tokens=False, padding=True,
+                          return_tensors="pt").to(model.device)
         torch.manual_seed(seed * 100003 + calls[0])  # a sampled run replays exactly from its seed
         calls[0] += 1
         model.eval()
         output = model.generate(**batch, generation_config=config)[:, batch["input_ids"].shape[1]:]
+        rows = iter(output.tolist())
         replies = []
-        for row in output.tolist():
-            finished = any(t in stop_ids for t in row)
-            reply = tokenizer.decode(row, skip_special_tokens=True).split("\nObservation:")[0].strip()
-            replies.append((reply, finished))
+        for ok in fits:
+            row = next(rows) if ok else None
+            replies.append(None if row is None else (
+                tokenizer.decode(row, skip_special_tokens=True).split("\nObservation:")[0].strip(),
+                any(t in stop_ids for t in row)))  # finished: it stopped at end of turn, not at the token limit
         return replies
 
     return policy
@@ -80,7 +85,7 @@ def make_expert_policy(env):
     return policy
 
 
-def rollout(env_name, episodes, policy, batch_size=32, expert=False, max_steps=None, desc="rollout"):
+def rollout(env_name, episodes, policy, batch_size=32, max_steps=None, desc="rollout"):
     """Run (task_id, sample) episodes in batches; one policy call per turn advances a whole batch.
 
     Returns one record per episode with its messages, final reward and step counts.
@@ -98,16 +103,14 @@ def rollout(env_name, episodes, policy, batch_size=32, expert=False, max_steps=N
                                                       {"role": "user", "content": first_observation}]})
         active = list(range(len(batch)))
         while active:
-            conversations = [states[i]["messages"] for i in active]
-            try:
-                replies = policy(conversations, [states[i]["task_id"] for i in active]) if expert else policy(conversations)
-            except OverflowError:  # the conversations no longer fit the model's context: end them here
-                for i in active:
-                    states[i]["stop"] = "context"
-                break
+            replies = policy([states[i]["messages"] for i in active], [states[i]["task_id"] for i in active])
             still_active = []
-            for i, (reply, finished) in zip(active, replies):
+            for i, answer in zip(active, replies):
                 state, env = states[i], batch_envs[i]
+                if answer is None:  # the conversation outgrew the model's context: the episode ends, reward 0
+                    state["stop"] = "context"
+                    continue
+                reply, finished = answer
                 state["messages"].append({"role": "assistant", "content": reply})
                 state["steps"] += 1
                 action = parse_action(reply)
@@ -205,8 +208,8 @@ def main():
     parser.add_argument("--extra-turns", type=int, default=5, help="rejected side: chosen turns + this many")
     add_system_flags(parser)
     args = parser.parse_args()
-    if args.samples < 1 or args.batch_size < 1:
-        raise InputError("--samples and --batch-size must be at least 1")
+    if args.samples < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        raise InputError("--samples, --batch-size and --limit must be at least 1")
     if args.temperature == 0 and args.samples > 1:
         raise InputError("--samples > 1 needs --temperature > 0: greedy rollouts are all the same")
 
@@ -229,7 +232,7 @@ def main():
         model, tokenizer = load_model(args.model, args.device, args.dtype)
         policy = make_generate_policy(model, tokenizer, args.temperature, args.top_p, args.max_new_tokens, args.seed)
         settings = {"temperature": args.temperature, "top_p": args.top_p}
-    records = rollout(args.env, episodes, policy, args.batch_size, args.expert, args.max_steps, desc=args.split)
+    records = rollout(args.env, episodes, policy, args.batch_size, args.max_steps, desc=args.split)
     for record in records:
         record.update({"env": args.env, "split": args.split, "success": record["reward"] >= 1.0,
                        "seed": args.seed, "policy": "expert" if args.expert else args.model, **settings})

@@ -11,7 +11,8 @@ number of steps, NLL only (`dpo.py --dpo-weight 0 --sft-weight 1`), so a gain th
 expert data alone would give is not credited to the failures.
 
 Every command is printed before it runs. A stage whose outputs exist is skipped: every stage writes
-its outputs by rename, so a killed stage leaves nothing that looks complete. Results go to
+its outputs by rename, so a killed stage leaves nothing that looks complete. Skipping looks at the
+files, not the flags: for new settings, use a new --run folder (or copy in the stages to reuse). Results go to
 RUN/results.jsonl (one line per model and split) and the table is printed at the end.
 """
 import argparse

@@ -8,7 +8,7 @@
 `--model tiny` builds the offline default: a byte-level BPE tokenizer trained on the data with a ChatML
 chat template, and a ~2M-parameter Llama-style model from a config. Any other value is loaded with
 `from_pretrained` (a local folder; nothing is downloaded unless you allow it). Both take the same
-chat-template path. The output is a `save_pretrained` folder (safetensors) with `sft_args.json`.
+chat-template path. The output is a `save_pretrained` folder (safetensors) with `args.json`.
 
 This file also holds what later stages share: JSONL reading/writing, model loading and
 `tokenize_conversation`, the per-turn loss mask.
@@ -119,11 +119,10 @@ def run_main(main):
     """Run a stage's main(): an InputError (or ValueError from an env) is one line on stderr, exit 2."""
     try:
         main()
-    except (InputError, ValueError, KeyError) as e:
+    except (InputError, ValueError) as e:
         if "--debug" in sys.argv:
             raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -230,14 +229,20 @@ def token_logps(model, input_ids, attention_mask):
     return torch.gather(logits.log_softmax(-1), 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
 
 
+def sequence_logps(model, sequences, device, average=False):
+    """Per sequence of (ids, mask): the sum (or mean) of log p over its masked tokens, and their count; (B,) each."""
+    ids = pad_batch([ids for ids, _ in sequences], 0).to(device)
+    mask = pad_batch([mask for _, mask in sequences], 0).to(device)[:, 1:].float()
+    attention = pad_batch([[1] * len(ids) for ids, _ in sequences], 0).to(device)
+    logps = (token_logps(model, ids, attention) * mask).sum(-1)
+    counts = mask.sum(-1)
+    return (logps / counts if average else logps), counts
+
+
 def masked_nll(model, batch, device):
     """(sum of -log p over the assistant tokens, number of those tokens) for a list of (ids, mask)."""
-    ids = pad_batch([ids for ids, _ in batch], 0).to(device)
-    mask = pad_batch([mask for _, mask in batch], 0).to(device)
-    attention = pad_batch([[1] * len(ids) for ids, _ in batch], 0).to(device)
-    logps = token_logps(model, ids, attention)
-    target_mask = mask[:, 1:].float()
-    return -(logps * target_mask).sum(), target_mask.sum()
+    logps, counts = sequence_logps(model, batch, device)
+    return -logps.sum(), counts.sum()
 
 
 def length_batches(examples, batch_size, rng):
@@ -312,9 +317,9 @@ def main():
 
     examples, skipped, truncated = [], 0, 0
     for trajectory in tqdm(trajectories, desc="tokenize", leave=False):
-        full_ids, _ = tokenize_conversation(tokenizer, trajectory["messages"])
-        ids, mask = tokenize_conversation(tokenizer, trajectory["messages"], args.max_length)
-        truncated += len(full_ids) > len(ids)
+        ids, mask = tokenize_conversation(tokenizer, trajectory["messages"])
+        truncated += len(ids) > args.max_length
+        ids, mask = ids[:args.max_length], mask[:args.max_length]  # keep the start: the task and first turns
         if sum(mask) == 0:  # nothing left to learn from: count it, never train on it silently
             skipped += 1
             continue
@@ -356,8 +361,8 @@ def main():
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        dev_loss = mean_nll(model, dev_examples, args.device) if dev_examples else float("nan")
-        history.append({"epoch": epoch, "train_loss": round(epoch_loss / epoch_tokens, 4), "dev_loss": round(dev_loss, 4)})
+        dev_loss = round(mean_nll(model, dev_examples, args.device), 4) if dev_examples else None
+        history.append({"epoch": epoch, "train_loss": round(epoch_loss / epoch_tokens, 4), "dev_loss": dev_loss})
         print(json.dumps(history[-1]), file=sys.stderr)
         if not dev_examples:
             continue

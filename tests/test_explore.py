@@ -25,7 +25,7 @@ def test_parse_action():
 
 
 def scripted_policy(replies_by_turn):
-    def policy(conversations):
+    def policy(conversations, task_ids):
         turn = sum(m["role"] == "assistant" for m in conversations[0])
         return [(replies_by_turn[min(turn, len(replies_by_turn) - 1)], True)] * len(conversations)
     return policy
@@ -44,7 +44,7 @@ def test_reply_without_action_gets_invalid_format_and_costs_a_step():
 
 def test_expert_rollout_records():
     episodes = [(task_id, 0) for task_id in ENV.task_ids("test_unseen")[:20]]
-    records = rollout("shop", episodes, make_expert_policy(ENV), batch_size=7, expert=True)
+    records = rollout("shop", episodes, make_expert_policy(ENV), batch_size=7)
     for record in records:
         record["success"] = record["reward"] >= 1
     summary = summarize(records)
@@ -152,3 +152,15 @@ def test_pairs_with_an_expert_file_missing_tasks_fails_before_any_rollout(tmp_pa
                "--pairs-out", str(tmp_path / "pairs.jsonl"))
     assert done.returncode == 2 and "no expert trajectory for 2 tasks, e.g. 'train-3'" in done.stderr
     assert not out.exists()
+
+
+def test_an_episode_that_outgrows_the_context_ends_alone():
+    model, tokenizer = random_model()
+    model.config.max_position_embeddings = 150  # the policy reads the context length from the config
+    policy = make_generate_policy(model, tokenizer, max_new_tokens=12)
+    long_prompt = [{"role": "user", "content": "word " * 200}]
+    short_prompt = [{"role": "user", "content": "hi"}]
+    replies = policy([long_prompt, short_prompt, long_prompt])
+    assert replies[0] is None and replies[2] is None and replies[1] is not None
+    [record] = rollout("shop", [("train-0", 0)], policy, max_steps=10)
+    assert record["stop"] == "context" and 0 < record["steps"] < 10 and record["reward"] == 0.0
