@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sft import (InputError, add_system_flags, load_model, read_jsonl, run_main, save_model_atomically, sequence_logps,
-                 set_seed, tokenize_conversation)
+                 set_seed, stop_if_diverged, tokenize_conversation)
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
@@ -39,10 +39,11 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
     return losses, chosen_rewards, rejected_rewards
 
 
-def tokenize_pair(tokenizer, pair, max_length=None):
+def tokenize_pair(tokenizer, pair):
     """(chosen ids, chosen mask, rejected ids, rejected mask): prompt + continuation, agent turns masked in."""
-    chosen = tokenize_conversation(tokenizer, pair["prompt"] + pair["chosen"], max_length)
-    rejected = tokenize_conversation(tokenizer, pair["prompt"] + pair["rejected"], max_length)
+    # only the continuations are scored: assistant turns inside the prompt are context
+    chosen = tokenize_conversation(tokenizer, pair["prompt"] + pair["chosen"], train_from=len(pair["prompt"]))
+    rejected = tokenize_conversation(tokenizer, pair["prompt"] + pair["rejected"], train_from=len(pair["prompt"]))
     return chosen + rejected
 
 
@@ -91,9 +92,11 @@ def main():
                 raise InputError(f"{args.pairs}:{line_no}: {side} must end with an assistant turn")
     model, tokenizer = load_model(args.model, args.device, args.dtype)
 
-    examples, skipped = [], 0
+    examples, skipped, truncated = [], 0, 0
     for pair in tqdm(pairs, desc="tokenize", leave=False):
-        example = tokenize_pair(tokenizer, pair, args.max_length)
+        example = tokenize_pair(tokenizer, pair)
+        truncated += max(len(example[0]), len(example[2])) > args.max_length
+        example = tuple(part[:args.max_length] for part in example)  # keep the start: the task and first turns
         if sum(example[1]) == 0 or sum(example[3]) == 0:  # a side with no trainable token teaches nothing
             skipped += 1
             continue
@@ -108,7 +111,7 @@ def main():
     warmup = max(1, int(args.warmup_ratio * total_steps))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    print(f"dpo: {len(examples)} pairs ({skipped} skipped), {total_steps} steps, beta {args.beta}, lr {args.lr}",
+    print(f"dpo: {len(examples)} pairs ({skipped} skipped, {truncated} truncated), {total_steps} steps, beta {args.beta}, lr {args.lr}",
           file=sys.stderr)
 
     model.train()
@@ -125,14 +128,15 @@ def main():
                 if not micro:
                     break
                 batch = [examples[i] for i in micro]
-                # one forward over chosen and rejected together: same weights, one padded batch
-                logps, counts = sequence_logps(model, [(e[0], e[1]) for e in batch] + [(e[2], e[3]) for e in batch],
-                                               args.device, args.average_logps)
-                chosen_logps, rejected_logps = logps[:len(batch)], logps[len(batch):]
+                chosen_logps, counts = sequence_logps(model, [(e[0], e[1]) for e in batch], args.device,
+                                                      args.average_logps)
+                with torch.set_grad_enabled(args.dpo_weight != 0):  # the NLL-only control just watches this side
+                    rejected_logps, _ = sequence_logps(model, [(e[2], e[3]) for e in batch], args.device,
+                                                       args.average_logps)
                 losses, chosen_rewards, rejected_rewards = dpo_loss(
                     chosen_logps, rejected_logps, ref_chosen[micro], ref_rejected[micro], args.beta)
                 # NLL on chosen per agent token (the control's term; IPR adds it to DPO)
-                nll = -(chosen_logps if args.average_logps else chosen_logps / counts[:len(batch)])
+                nll = -(chosen_logps if args.average_logps else chosen_logps / counts)
                 loss = (args.dpo_weight * losses + args.sft_weight * nll).sum() / len(step_indices)
                 loss.backward()
                 share = len(batch) / len(step_indices)
@@ -143,8 +147,8 @@ def main():
                 metrics["rewards/accuracies"] += (chosen_rewards > rejected_rewards).float().mean().item() * share
                 metrics["logps/chosen"] += chosen_logps.mean().item() * share
                 metrics["logps/rejected"] += rejected_logps.mean().item() * share
-            if not math.isfinite(metrics["loss"]):
-                raise InputError(f"loss became {metrics['loss']} at epoch {epoch}; lower --lr (nothing was saved)")
+            stop_if_diverged(metrics["loss"], model, tokenizer, args.out, {"args": vars(args), "history": history},
+                             f"epoch {epoch} step {len(history) + 1}")
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
@@ -156,7 +160,7 @@ def main():
     progress.close()
 
     last = history[-max(1, len(history) // 10):]  # the last tenth of steps, averaged
-    summary = {"stage": "dpo", "out": args.out, "pairs": len(examples), "skipped": skipped, "steps": len(history),
+    summary = {"stage": "dpo", "out": args.out, "pairs": len(examples), "skipped": skipped, "truncated": truncated, "steps": len(history),
                **{k: round(sum(h[k] for h in last) / len(last), 4) for k in history[-1] if k != "epoch"},
                "seconds": round(time.time() - started, 1)}
     save_model_atomically(model, tokenizer, args.out, {"args": vars(args), "history": history, "summary": summary})

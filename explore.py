@@ -99,7 +99,7 @@ def rollout(env_name, episodes, policy, batch_size=32, max_steps=None, desc="rol
         for env, (task_id, sample) in zip(batch_envs, batch):
             first_observation = env.reset(task_id)
             states.append({"task_id": task_id, "sample": sample, "reward": 0.0, "steps": 0, "invalid_actions": 0,
-                           "stop": None, "messages": [{"role": "system", "content": env.system_prompt},
+                           "cut_replies": 0, "stop": None, "messages": [{"role": "system", "content": env.system_prompt},
                                                       {"role": "user", "content": first_observation}]})
         active = list(range(len(batch)))
         while active:
@@ -113,6 +113,7 @@ def rollout(env_name, episodes, policy, batch_size=32, max_steps=None, desc="rol
                 reply, finished = answer
                 state["messages"].append({"role": "assistant", "content": reply})
                 state["steps"] += 1
+                state["cut_replies"] += not finished  # stopped by --max-new-tokens, not at end of turn
                 action = parse_action(reply)
                 if action is None:
                     observation, reward, done = INVALID_FORMAT if finished else \
@@ -141,14 +142,22 @@ def cut_after_assistant_turns(messages, n_turns):
     return messages[:assistant_at[-1] + 1] if assistant_at else []
 
 
-def make_pairs(explored, expert, extra_turns=5):
+PAIR_LEVELS = ("trajectory", "divergence")
+
+
+def make_pairs(explored, expert, extra_turns=5, level="trajectory"):
     """Failure/success pairs against the expert trajectory of the same task (authors' rules).
 
     explored reward < expert reward: chosen = expert, rejected = explored (lose);
     explored reward > expert reward: chosen = explored, rejected = expert (win); equal: no pair (tie).
-    The rejected side is cut to the chosen side's assistant turns + extra_turns, so a long failure
-    cannot dominate the summed log-prob. Returns (pairs, {"win": .., "tie": .., "lose": ..}).
+    level "trajectory" (the paper): the continuations after the task prompt; the rejected side is cut to
+    the chosen side's assistant turns + extra_turns, so a long failure cannot dominate the summed
+    log-prob. level "divergence": each side keeps only the first turn whose action differs, after the
+    explored trajectory's own turns so far (same actions, so the same page), so the correct turns a
+    failure takes after its mistake are not pushed down with it. Returns (pairs, {"win": .., "tie": .., "lose": ..}).
     """
+    if level not in PAIR_LEVELS:
+        raise InputError(f"unknown pair level {level!r}; valid levels: {', '.join(PAIR_LEVELS)}")
     expert_by_task = {record["task_id"]: record for record in expert}
     pairs, counts = [], {"win": 0, "tie": 0, "lose": 0}
     for record in explored:
@@ -164,6 +173,14 @@ def make_pairs(explored, expert, extra_turns=5):
         outcome = "win" if record["reward"] > reference["reward"] else "lose"
         counts[outcome] += 1
         chosen, rejected = (record, reference) if outcome == "win" else (reference, record)
+        if level == "divergence":  # the first turn whose *action* differs; thoughts alone may differ before it
+            differ = next((i for i, (a, b) in enumerate(zip(chosen["messages"], rejected["messages"]))
+                           if a["role"] == "assistant" and parse_action(a["content"]) != parse_action(b["content"])), None)
+            if differ is not None:  # the same actions so far, so the same page: the agent's own history is the prompt
+                pairs.append({"task_id": record["task_id"], "prompt": record["messages"][:differ],
+                              "chosen": [chosen["messages"][differ]], "rejected": [rejected["messages"][differ]],
+                              "chosen_reward": chosen["reward"], "rejected_reward": rejected["reward"]})
+            continue
         # both sides end on an assistant turn (an episode cut by the context limit ends on an observation)
         chosen_turns = cut_after_assistant_turns(chosen["messages"][start:], len(chosen["messages"]))
         n_chosen = sum(m["role"] == "assistant" for m in chosen_turns)
@@ -182,6 +199,8 @@ def summarize(records):
     return {"n": n, "avg_reward": round(100 * sum(r["reward"] for r in records) / max(n, 1), 2),
             "success_rate": round(100 * sum(r["success"] for r in records) / max(n, 1), 2),
             "invalid_action_rate": round(sum(r["invalid_actions"] for r in records) / max(steps, 1), 4),
+            "cut_replies": sum(r.get("cut_replies", 0) for r in records),
+            "stops": {stop: sum(r["stop"] == stop for r in records) for stop in ("done", "max_steps", "context")},
             "avg_steps": round(steps / max(n, 1), 2)}
 
 
@@ -206,6 +225,8 @@ def main():
     parser.add_argument("--pairs-with", help="expert trajectory JSONL to pair the explored trajectories with")
     parser.add_argument("--pairs-out", help="where to write the pairs JSONL (needs --pairs-with)")
     parser.add_argument("--extra-turns", type=int, default=5, help="rejected side: chosen turns + this many")
+    parser.add_argument("--pair-level", default="trajectory", choices=PAIR_LEVELS,
+                        help="trajectory: whole continuations (paper); divergence: the first differing turn")
     add_system_flags(parser)
     args = parser.parse_args()
     if args.samples < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
@@ -238,7 +259,7 @@ def main():
                        "seed": args.seed, "policy": "expert" if args.expert else args.model, **settings})
     summary = {"stage": "explore", "out": args.out, **summarize(records)}
     if expert_records is not None:
-        pairs, counts = make_pairs(records, expert_records, args.extra_turns)
+        pairs, counts = make_pairs(records, expert_records, args.extra_turns, args.pair_level)
         write_jsonl(args.pairs_out, pairs)
         summary.update({"pairs": len(pairs), **counts})
     write_jsonl(args.out, records)  # then the .args.json: written last, it marks the stage complete

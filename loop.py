@@ -74,6 +74,7 @@ def main():
     # exploration (the authors' script explores greedily, once per task)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--samples", type=int, default=1)
+    parser.add_argument("--pair-level", default="trajectory", help="trajectory (paper) or divergence: see explore.py")
     # DPO
     parser.add_argument("--dpo-lr", type=float, default=1e-6)
     parser.add_argument("--beta", type=float, default=0.1)
@@ -117,7 +118,8 @@ def main():
     for iteration in range(1, args.iterations + 1):
         folder = os.path.join(run, f"iter{iteration}")
         explored, pairs = os.path.join(folder, "explore.jsonl"), os.path.join(folder, "pairs.jsonl")
-        sampling = ["--temperature", str(args.temperature), "--samples", str(args.samples)]
+        sampling = ["--temperature", str(args.temperature), "--samples", str(args.samples),
+                    "--pair-level", args.pair_level]
         summary = run_stage(["explore.py", "--env", args.env, "--split", "train", "--model", policy, "--out", explored,
                              "--pairs-with", expert, "--pairs-out", pairs, *sampling, *train_limit, *rollout_flags],
                             [explored, pairs, explored + ".args.json"], explored + ".args.json")

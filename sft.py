@@ -31,7 +31,7 @@ TINY_CHAT_TEMPLATE = (
 
 
 class InputError(Exception):
-    """Bad input from the user: the stage prints it as one line and exits with status 2."""
+    """A problem the user must fix (bad input, a diverged run): printed as one line, exit status 2."""
 
 
 # ---- files ----------------------------------------------------------------------------------------
@@ -55,20 +55,31 @@ def read_jsonl(path, required=("messages",)):
                     raise InputError(f"{path}:{line_no}: missing field {field!r}")
             for field in ("messages", "prompt", "chosen", "rejected"):
                 if field in required:
-                    check_messages(record[field], f"{path}:{line_no}: {field}")
+                    after = record["prompt"][-1].get("role") if field in ("chosen", "rejected") else None
+                    check_messages(record[field], f"{path}:{line_no}: {field}", after)
             records.append(record)
     if not records:
         raise InputError(f"{path}: the file holds no records")
     return records
 
 
-def check_messages(messages, where):
+def check_messages(messages, where, after=None):
+    """A list of {role, content}: a system message only first, then user and assistant in turn.
+
+    `after` is the role of the message before this list (a pair's continuation follows its prompt)."""
     if not isinstance(messages, list) or not messages:
         raise InputError(f"{where} must be a non-empty list of messages")
-    for message in messages:
+    previous = after
+    for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("content"), str) \
                 or message.get("role") not in ("system", "user", "assistant"):
-            raise InputError(f"{where}: each message needs a role (system/user/assistant) and a string content")
+            raise InputError(f"{where}: message {i} needs a role (system/user/assistant) and a string content")
+        role = message["role"]
+        if (role == "system" and previous is not None) or (role != "system" and role == previous) \
+                or (role == "assistant" and previous in (None, "system")):
+            raise InputError(f"{where}: message {i} ({role}) is out of order; expected [system], user, "
+                             f"assistant, user, ... in turn")
+        previous = role
 
 
 def write_jsonl(path, records):
@@ -99,6 +110,20 @@ def save_model_atomically(model, tokenizer, out, args_record):
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def stop_if_diverged(loss, model, tokenizer, out, args_record, where):
+    """A nan/inf loss stops training. Its step has not been applied yet, so the weights are still the
+    last good ones: they go to OUT.last-good, and OUT itself is not written (nothing looks complete)."""
+    if math.isfinite(loss):
+        return
+    rescue = f"{out.rstrip('/')}.last-good"
+    if all(torch.isfinite(p).all() for p in model.parameters()):
+        save_model_atomically(model, tokenizer, rescue, {**args_record, "diverged_at": where})
+        kept = f"the weights before that step are in {rescue}"
+    else:
+        kept = "the weights are no longer finite, so none were kept"
+    raise InputError(f"loss became {loss} at {where}; stopped, {out} not written; {kept}; try a lower --lr")
 
 
 def set_seed(seed):
@@ -161,7 +186,8 @@ def load_model(path, device="cpu", dtype="auto"):
         dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        # safetensors only (no pickle), and never trust_remote_code: a model folder cannot run code here
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), use_safetensors=True)
     except OSError as e:
         raise InputError(f"cannot load model {path!r}: {str(e).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
@@ -183,19 +209,20 @@ def end_of_turn_token(tokenizer):
 
 
 # ---- the loss mask --------------------------------------------------------------------------------
-def tokenize_conversation(tokenizer, messages, max_length=None):
+def tokenize_conversation(tokenizer, messages, max_length=None, train_from=0):
     """(input_ids, loss_mask) of a conversation rendered with the tokenizer's chat template.
 
     The ids are the tokenization of the whole rendered text, so they match what the model sees at
     generation time. The mask is 1 on each assistant turn's content and its end-of-turn token, and 0
-    elsewhere (system, user/observation turns, template markup). It is built from character positions,
+    elsewhere (system, user/observation turns, template markup, and assistant turns before message
+    `train_from`: a pair's prompt may hold earlier turns). It is built from character positions,
     never from token ids: in many chat tokenizers pad == eos, and masking by id would hide the
     end-of-turn token the model must learn to stop on.
     """
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     eot = end_of_turn_token(tokenizer)
     spans, cursor = [], 0
-    for message in messages:  # find each message's content in order, so an earlier copy cannot match
+    for index, message in enumerate(messages):  # find each content in order, so an earlier copy cannot match
         content = message["content"].strip()
         start = text.find(content, cursor)
         if start < 0:
@@ -207,7 +234,8 @@ def tokenize_conversation(tokenizer, messages, max_length=None):
             eot_at = text.find(eot, end)
             if eot_at >= 0 and not text[end:eot_at].strip():  # only whitespace between content and eot
                 end = eot_at + len(eot)
-            spans.append((start, end))
+            if index >= train_from:
+                spans.append((start, end))
         cursor = end
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids, loss_mask = encoding["input_ids"], []
@@ -355,8 +383,8 @@ def main():
                 loss_sum, count = masked_nll(model, micro, args.device)
                 (loss_sum / n_tokens).backward()
                 epoch_loss, epoch_tokens = epoch_loss + loss_sum.item(), epoch_tokens + count.item()
-            if not math.isfinite(epoch_loss):
-                raise InputError(f"loss became {epoch_loss} at epoch {epoch}; lower --lr (nothing was saved)")
+            stop_if_diverged(epoch_loss, model, tokenizer, args.out, {"args": vars(args), "history": history},
+                             f"epoch {epoch} step {scheduler.last_epoch + 1}")
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()

@@ -5,7 +5,8 @@ Every environment returned by `make(name)` has:
     env.name                      the name it was made with
     env.max_steps                 actions allowed per episode (invalid ones count too)
     env.system_prompt             the instructions the agent gets as its system message
-    env.task_ids(split)           task ids of a split: "train", "test_seen" or "test_unseen"
+    env.task_ids(split)           task ids of a split: "train", "test_seen", "test_unseen" or "dev"
+                                  (dev: for choosing settings, drawn like test_seen)
     env.reset(task_id) -> str     start a task; returns the first observation
     env.step(action) -> (observation, reward, done)
     env.expert(task_id) -> list   the expert's ReAct turns "Thought: ...\\nAction: ..."
@@ -14,7 +15,7 @@ Environments are deterministic for a task id. An action the env cannot parse or 
 it returns an observation starting with INVALID (so the agent reads why) and still costs a step.
 """
 
-SPLITS = ("train", "test_seen", "test_unseen")
+SPLITS = ("train", "test_seen", "test_unseen", "dev")
 INVALID = "Invalid action"
 
 

@@ -5,7 +5,7 @@ color black, and price lower than 50.00 dollars"), searches, reads a results pag
 clicks its options and buys. Actions use WebShop's syntax:
 
     search[waterproof lightweight running shoes]     only on the search page
-    click[B0K3Z]                                     a product id on the results page
+    click[item 3]                                    a result on the results page (numbered 1-25)
     click[8]  click[black]                           an option value on the product page
     click[buy now]  click[next >]  click[< prev]  click[back to search]
 
@@ -16,6 +16,10 @@ all of the category's option values.
 
 Search ranks by the number of query words in the title plus a deterministic jitter in [0, 1), so a
 product missing one requested attribute can outrank a full match: the first result is often wrong.
+Results are numbered by rank ([item 1] ... [item 25]), as element ids are in WebArena, rather than
+shown by a catalog id as in WebShop: a model trained from scratch memorizes catalog ids instead of
+copying them, which turns test_unseen into a recall test (measured: 168 of 200 unseen failures were
+an invented id). With rank numbers, picking the item means reading the titles and prices.
 
 Reward at click[buy now] (WebShop, Yao et al. 2022):
     r = r_type * (|U_att & Y_att| + |U_opt & Y_opt| + 1[price <= cap]) / (|U_att| + |U_opt| + 1)
@@ -23,8 +27,9 @@ U = what the instruction asks, Y = the bought product and the options clicked be
 click of an option type counts); r_type = 1 for the right category, 0.1 otherwise. 0 if steps run out.
 
 Splits: a task asks for two attributes of one category. Per category, 4 of the 21 attribute pairs are
-held out: `test_unseen` uses only those (every word in them still occurs in `train`), `train` and
-`test_seen` only the other 17. No task (category, attributes, options, price cap) occurs twice.
+held out: `test_unseen` uses only those (every word in them still occurs in `train`), `train`,
+`test_seen` and `dev` (carved like test_seen, for choosing settings; the test splits only report) only
+the other 17. No task (category, attributes, options, price cap) occurs twice.
 The expert searches for the requested attributes, clicks the first result that has all of them under
 the price cap, clicks each requested option and buys: reward 1.0 on every task.
 """
@@ -40,7 +45,7 @@ from envs import INVALID, check_split
 MAX_STEPS = 10
 RESULTS_PER_PAGE = 5
 MAX_RESULTS = 25
-SPLIT_SIZES = {"train": 1000, "test_seen": 200, "test_unseen": 200}
+SPLIT_SIZES = {"train": 1000, "test_seen": 200, "test_unseen": 200, "dev": 200}  # drawn in this order
 HELD_OUT_PAIRS = 4  # attribute pairs per category reserved for test_unseen
 CATALOG_SEED, TASK_SEED = 0, 1
 
@@ -73,7 +78,7 @@ TEMPLATES = [
     "find me {article} {attributes} {category} in {options}, with a price lower than {cap:.2f} dollars",
 ]
 SYSTEM_PROMPT = ("Reply 'Thought: ...' then 'Action: ...'. Actions: search[query], "
-                 "click[product id, option, buy now, next >, < prev, back to search].")
+                 "click[item N, option, buy now, next >, < prev, back to search].")
 
 
 @dataclass(frozen=True)
@@ -168,8 +173,8 @@ def tasks():
             query = " ".join(attributes) + " " + category
             first_page = [products[pid] for pid in search(query)[:RESULTS_PER_PAGE]]
             target = next((p for p in first_page if satisfies(p, Task("", category, attributes, options, cap, "", "", ""))), None)
-            if split == "test_seen" and (category, frozenset(attributes)) not in train_combinations:
-                continue  # test_seen asks only for combinations that train has
+            if split in ("test_seen", "dev") and (category, frozenset(attributes)) not in train_combinations:
+                continue  # test_seen and dev ask only for combinations that train has
             if key in seen_keys or target is None:
                 continue  # a duplicate, or the first page holds no right answer: draw again
             seen_keys.add(key)
@@ -213,9 +218,10 @@ class ShopEnv:
             links = "[back to search]" + (" [< prev]" if self.result_page else "") + \
                     (" [next >]" if self.result_page + 1 < pages else "")
             lines = [f"Page {self.result_page + 1} of {pages}. {links}"]
-            for pid in self._visible_results():
+            start = self.result_page * RESULTS_PER_PAGE
+            for rank, pid in enumerate(self._visible_results(), start + 1):
                 product = self.products[pid]
-                lines.append(f"[{pid}] {product.title} ${product.price:.2f}")
+                lines.append(f"[item {rank}] {product.title} ${product.price:.2f}")
             return "\n".join(lines)
         product = self.product
         lines = ["[back to search] [< prev]", product.title, f"price: ${product.price:.2f}"]
@@ -247,7 +253,8 @@ class ShopEnv:
             self.page, self.product = "search", None
             return self._render(), 0.0, False
         if self.page == "results":
-            visible = [pid.lower() for pid in self._visible_results()]
+            start = self.result_page * RESULTS_PER_PAGE
+            visible = {f"item {rank}": pid for rank, pid in enumerate(self._visible_results(), start + 1)}
             if argument == "next >" and (self.result_page + 1) * RESULTS_PER_PAGE < len(self.results):
                 self.result_page += 1
                 return self._render(), 0.0, False
@@ -255,7 +262,7 @@ class ShopEnv:
                 self.result_page -= 1
                 return self._render(), 0.0, False
             if argument in visible:
-                self.page, self.product, self.chosen = "product", self.products[argument.upper()], {}
+                self.page, self.product, self.chosen = "product", self.products[visible[argument]], {}
                 return self._render(), 0.0, False
         elif self.page == "product":
             if argument == "< prev":
@@ -275,10 +282,11 @@ class ShopEnv:
     def expert(self, task_id):
         task = self.tasks[task_id]
         wanted = " and ".join(task.attributes)
+        rank = search(task.query).index(task.target) + 1  # the target is on the first results page
         turns = [f"Thought: I need {' '.join(task.attributes)} {task.category} under {task.cap:.2f} dollars. "
                  f"I will search for it.\nAction: search[{task.query}]",
-                 f"Thought: I need {wanted} under {task.cap:.2f} dollars; {task.target} has both and costs "
-                 f"${self.products[task.target].price:.2f}.\nAction: click[{task.target}]"]
+                 f"Thought: I need {wanted} under {task.cap:.2f} dollars; item {rank} has both and costs "
+                 f"${self.products[task.target].price:.2f}.\nAction: click[item {rank}]"]
         for kind, value in task.options:
             turns.append(f"Thought: I need {kind} {value}.\nAction: click[{value}]")
         turns.append("Thought: Every option is chosen. I will buy it.\nAction: click[buy now]")

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import torch
 
 from dpo import dpo_loss, sequence_logps, tokenize_pair
 from explore import make_pairs
-from sft import build_tiny_model, build_tiny_tokenizer
+from sft import InputError, build_tiny_model, build_tiny_tokenizer
 from tests.conftest import ROOT
 
 
@@ -66,6 +67,29 @@ def test_pair_rules_lose_win_tie_and_truncation():
         assert pair["chosen"][-1]["role"] == "assistant" and pair["rejected"][-1]["role"] == "assistant"
 
 
+def test_divergence_pairs_keep_the_first_turn_whose_action_differs():
+    expert = [record("a", 1.0, ["search[x]", "click[item 2]", "click[buy now]"])]
+    explored = record("a", 0.5, ["search[x]", "click[item 1]", "click[buy now]"])
+    explored["messages"][2]["content"] = "Thought: another thought, the same action\nAction: search[x]"
+    pairs, counts = make_pairs([explored], expert, level="divergence")
+    assert counts == {"win": 0, "tie": 0, "lose": 1}
+    [pair] = pairs
+    assert pair["prompt"] == explored["messages"][:4]  # the agent's own turns so far, ending on the observation
+    assert pair["chosen"] == [expert[0]["messages"][4]] and pair["rejected"] == [explored["messages"][4]]
+    with pytest.raises(InputError, match="unknown pair level 'step'; valid levels: trajectory, divergence"):
+        make_pairs([explored], expert, level="step")
+
+
+def test_only_the_continuation_is_scored_when_the_prompt_holds_agent_turns():
+    tokenizer = build_tiny_tokenizer(TEXTS, 300)
+    pair = make_pairs([record("a", 0.0, ["search[red]", "click[one]"])],
+                      [record("a", 1.0, ["search[red]", "click[buy now]"])], level="divergence")[0][0]
+    chosen_ids, chosen_mask, rejected_ids, rejected_mask = tokenize_pair(tokenizer, pair)
+    assert tokenizer.decode([i for i, m in zip(chosen_ids, chosen_mask) if m]).strip() == \
+        "Thought: t\nAction: click[buy now]<|im_end|>"
+    assert "search" not in tokenizer.decode([i for i, m in zip(rejected_ids, rejected_mask) if m])
+
+
 TEXTS = ["system user assistant Thought: Action: click[buy now] search[red shoes] Observation: page one two"]
 
 
@@ -110,18 +134,40 @@ def test_a_few_dpo_steps_widen_the_margin():
     assert margins[0] == pytest.approx(0.0, abs=1e-5) and margins[-1] > 0.5
 
 
+LOOP = [sys.executable, "loop.py", "--train-limit", "8", "--eval-limit", "2", "--sft-epochs", "1", "--iterations", "1",
+        "--dpo-epochs", "1", "--max-steps", "2"]
+
+
+def read_rows(run):
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "model"} for row in rows]  # the model path names the run
+
+
 @pytest.mark.slow
 def test_loop_runs_and_resume_skips_finished_stages(tmp_path):
-    command = [sys.executable, "loop.py", "--run", str(tmp_path / "run"), "--train-limit", "8", "--eval-limit", "2",
-               "--sft-epochs", "1", "--iterations", "1", "--dpo-epochs", "1", "--max-steps", "2"]
+    command = LOOP + ["--run", str(tmp_path / "run")]
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "$ explore.py" in first.stdout and "[done]" not in first.stdout
-    rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    rows = read_rows(tmp_path / "run")
     assert {(r["stage"], r["split"]) for r in rows} == {(s, split) for s in ("sft", "eto-1", "sft-continued-1")
                                                         for split in ("test_seen", "test_unseen")}
     assert all(r["n"] == 2 for r in rows)
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and "$ " not in second.stdout and second.stdout.count("[done]") >= 8
-    assert (tmp_path / "run" / "results.jsonl").read_text().splitlines() == \
-        [json.dumps(r) for r in rows]
+    assert read_rows(tmp_path / "run") == rows
+
+    # killed mid-stage (the DPO stage, with its child process), then rerun: it resumes to the same results
+    killed_run = tmp_path / "killed"
+    loop = subprocess.Popen(LOOP + ["--run", str(killed_run)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    for line in loop.stdout:
+        if line.startswith("$ dpo.py"):
+            break
+    os.killpg(loop.pid, signal.SIGKILL)
+    loop.wait()
+    assert not (killed_run / "iter1" / "model").exists() and not (killed_run / "results.jsonl").exists()
+    resumed = subprocess.run(LOOP + ["--run", str(killed_run)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "[done] explore.py" in resumed.stdout and "$ dpo.py" in resumed.stdout
+    assert read_rows(killed_run) == rows

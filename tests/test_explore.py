@@ -117,7 +117,7 @@ def test_cli_expert_sft_eval(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--env", "webshop", "--expert"], "unknown env 'webshop'; valid envs: shop"),
-    (["--split", "dev", "--expert"], "unknown split 'dev'"),
+    (["--split", "valid", "--expert"], "unknown split 'valid'; valid splits: train, test_seen, test_unseen, dev"),
     (["--model", "no/such/folder"], "cannot load model 'no/such/folder'"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, args, message):
@@ -131,7 +131,13 @@ def test_cli_bad_input_is_one_line(tmp_path, args, message):
     ("sft.py", '{"messages": [{"role": "user", "content": "hi"}]}\n{not json\n', ":2: not valid JSON"),
     ("sft.py", '{"text": "hi"}\n', ":1: missing field 'messages'"),
     ("sft.py", "", ": the file holds no records"),
+    ("sft.py", '{"messages": [{"role": "assistant", "content": "hi"}]}\n', ":1: messages: message 0 (assistant) is out of order"),
+    ("sft.py", '{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}\n',
+     ":1: messages: message 1 (user) is out of order"),
     ("dpo.py", '{"prompt": [{"role": "user", "content": "hi"}], "chosen": []}\n', ":1: missing field 'rejected'"),
+    ("dpo.py", "\n\n", ": the file holds no records"),
+    ("dpo.py", '{"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "user", "content": "a"}], '
+               '"rejected": [{"role": "assistant", "content": "b"}]}\n', ":1: chosen: message 0 (user) is out of order"),
 ])
 def test_bad_training_files_fail_in_one_line_before_any_model_loads(tmp_path, script, content, message):
     data = tmp_path / "data.jsonl"

@@ -133,3 +133,28 @@ def test_masked_nll_matches_a_manual_token_sum():
                     manual_count += 1
     assert count.item() == manual_count
     assert loss_sum.item() == pytest.approx(manual, rel=1e-5)
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_weights(tmp_path, monkeypatch):
+    import sft
+    from safetensors.torch import load_file
+    data, out = tmp_path / "expert.jsonl", tmp_path / "sft"
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in CONVERSATIONS))
+    calls, real_nll = [], sft.masked_nll
+
+    def nll_that_turns_nan(model, batch, device):  # finite for two steps, then nan
+        calls.append(1)
+        loss_sum, count = real_nll(model, batch, device)
+        return (loss_sum * float("nan"), count) if len(calls) > 2 else (loss_sum, count)
+
+    monkeypatch.setattr(sft, "masked_nll", nll_that_turns_nan)
+    monkeypatch.setattr(sys, "argv", ["sft.py", "--data", str(data), "--out", str(out), "--epochs", "3",
+                                      "--tiny-hidden", "32", "--tiny-layers", "1", "--batch-size", "4",
+                                      "--micro-batch-size", "4", "--dev-fraction", "0"])
+    with pytest.raises(sft.InputError, match=r"loss became nan at epoch 1 step 3; stopped, .* not written; "
+                                             r"the weights before that step are in .*sft.last-good"):
+        sft.main()
+    assert not out.exists()
+    weights = load_file(str(tmp_path / "sft.last-good" / "model.safetensors"))
+    assert weights and all(torch.isfinite(w).all() for w in weights.values())
+    assert json.loads((tmp_path / "sft.last-good" / "args.json").read_text())["diverged_at"] == "epoch 1 step 3"

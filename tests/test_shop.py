@@ -23,8 +23,8 @@ def expert_actions(env, task_id):
 def test_unknown_env_and_split_list_the_valid_ones():
     with pytest.raises(ValueError, match="valid envs: shop"):
         envs.make("webshop")
-    with pytest.raises(ValueError, match="train, test_seen, test_unseen"):
-        ENV.task_ids("dev")
+    with pytest.raises(ValueError, match="train, test_seen, test_unseen, dev"):
+        ENV.task_ids("valid")
 
 
 @pytest.mark.parametrize("split", envs.SPLITS)
@@ -45,17 +45,19 @@ def test_deterministic_across_instances():
 
 def test_split_sizes_and_disjoint_tasks():
     by_split = tasks()
-    assert {s: len(t) for s, t in by_split.items()} == {"train": 1000, "test_seen": 200, "test_unseen": 200}
+    assert {s: len(t) for s, t in by_split.items()} == {"train": 1000, "test_seen": 200, "test_unseen": 200,
+                                                             "dev": 200}
     key = lambda t: (t.category, tuple(sorted(t.attributes)), t.options, t.cap)
     train_keys = {key(t) for t in by_split["train"]}
-    assert not train_keys & {key(t) for t in by_split["test_seen"] + by_split["test_unseen"]}
+    other_keys = [key(t) for split in ("test_seen", "test_unseen", "dev") for t in by_split[split]]
+    assert len(set(other_keys)) == len(other_keys) and not train_keys & set(other_keys)
     # unseen: the (category, attribute pair) never occurs in train, but every word does
     train_pairs = {(t.category, frozenset(t.attributes)) for t in by_split["train"]}
     train_words = {w for t in by_split["train"] for w in t.instruction.split()}
     for task in by_split["test_unseen"]:
         assert (task.category, frozenset(task.attributes)) not in train_pairs
         assert set(" ".join(task.attributes).split()) <= train_words
-    for task in by_split["test_seen"]:
+    for task in by_split["test_seen"] + by_split["dev"]:
         assert (task.category, frozenset(task.attributes)) in train_pairs
 
 
@@ -86,7 +88,7 @@ def test_buy_without_options_in_the_env():
 
 def test_invalid_actions_are_observations_not_exceptions():
     ENV.reset("train-1")
-    for action in ["", "buy it", "click[buy now]", "click[B0ZZZ]", "search[]", "click[next >]"]:
+    for action in ["", "buy it", "click[buy now]", "click[item 9]", "search[]", "click[next >]"]:
         observation, reward, done = ENV.step(action)
         if action == "click[next >]":
             assert observation.startswith(envs.INVALID)  # no results page yet
