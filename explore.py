@@ -85,19 +85,28 @@ def make_expert_policy(env):
     return policy
 
 
-def rollout(env_name, episodes, policy, batch_size=32, max_steps=None, desc="rollout"):
+def cap(observation, max_chars):
+    """An observation cut to max_chars characters (None: whole), marked so the agent knows."""
+    return observation if not max_chars or len(observation) <= max_chars else observation[:max_chars] + " [...]"
+
+
+def rollout(env_name, episodes, policy, batch_size=32, max_steps=None, desc="rollout", max_observation_chars=None):
     """Run (task_id, sample) episodes in batches; one policy call per turn advances a whole batch.
 
-    Returns one record per episode with its messages, final reward and step counts.
+    Returns one record per episode with its messages, reward and step counts. The reward is the last
+    one the env returned: 0 until the shop's buy, the running best score for ScienceWorld.
     """
     records = []
     progress = tqdm(total=len(episodes), desc=desc, leave=False)
+    pool = [envs.make(env_name) for _ in range(min(batch_size, len(episodes)))]  # one env per active episode,
+    if max_observation_chars is None:                                             # reused batch after batch
+        max_observation_chars = getattr(pool[0], "max_observation_chars", None) if pool else None
     for start in range(0, len(episodes), batch_size):
         batch = episodes[start:start + batch_size]
-        batch_envs = [envs.make(env_name) for _ in batch]  # one env per active episode
+        batch_envs = pool[:len(batch)]
         states = []
         for env, (task_id, sample) in zip(batch_envs, batch):
-            first_observation = env.reset(task_id)
+            first_observation = cap(env.reset(task_id), max_observation_chars)
             states.append({"task_id": task_id, "sample": sample, "reward": 0.0, "steps": 0, "invalid_actions": 0,
                            "cut_replies": 0, "stop": None, "messages": [{"role": "system", "content": env.system_prompt},
                                                       {"role": "user", "content": first_observation}]})
@@ -107,7 +116,7 @@ def rollout(env_name, episodes, policy, batch_size=32, max_steps=None, desc="rol
             still_active = []
             for i, answer in zip(active, replies):
                 state, env = states[i], batch_envs[i]
-                if answer is None:  # the conversation outgrew the model's context: the episode ends, reward 0
+                if answer is None:  # the conversation outgrew the model's context: the episode ends here
                     state["stop"] = "context"
                     continue
                 reply, finished = answer
@@ -120,13 +129,15 @@ def rollout(env_name, episodes, policy, batch_size=32, max_steps=None, desc="rol
                         f"{envs.INVALID}: the reply was cut at the token limit before an action.", 0.0, False
                 else:
                     observation, reward, done = env.step(action)
+                    state["reward"] = reward
                 state["invalid_actions"] += observation.startswith(envs.INVALID)
                 if done:
-                    state["reward"], state["stop"] = reward, "done"
+                    state["stop"] = "done"
                 elif state["steps"] >= (max_steps or env.max_steps):
-                    state["stop"] = "max_steps"  # steps ran out: reward stays 0
+                    state["stop"] = "max_steps"  # steps ran out: the reward so far stands (the shop's is 0)
                 else:
-                    state["messages"].append({"role": "user", "content": f"Observation: {observation}"})
+                    state["messages"].append({"role": "user",
+                                              "content": f"Observation: {cap(observation, max_observation_chars)}"})
                     still_active.append(i)
             active = still_active
         records += states
@@ -207,7 +218,8 @@ def summarize(records):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # what to run
-    parser.add_argument("--env", default="shop", help=f"one of: {', '.join(sorted(envs.ENVS))}")
+    parser.add_argument("--env", default="shop", help=f"one of: {', '.join(sorted(envs.ENVS))} "
+                                                      "(scienceworld:TYPE,TYPE,... for some task types)")
     parser.add_argument("--split", default="train", help=f"one of: {', '.join(envs.SPLITS)}")
     parser.add_argument("--limit", type=int, default=None, help="only the first N tasks of the split")
     parser.add_argument("--out", required=True, help="output trajectory JSONL")
@@ -220,6 +232,8 @@ def main():
     parser.add_argument("--samples", type=int, default=1, help="trajectories per task")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per reply")
     parser.add_argument("--max-steps", type=int, default=None, help="actions per episode (default: the env's)")
+    parser.add_argument("--max-observation-chars", type=int, default=None,
+                        help="cut longer observations (default: the env's; shop: none, scienceworld: 1000; 0: none)")
     parser.add_argument("--batch-size", type=int, default=32, help="episodes advanced by one generate call")
     # pairs for DPO
     parser.add_argument("--pairs-with", help="expert trajectory JSONL to pair the explored trajectories with")
@@ -253,7 +267,8 @@ def main():
         model, tokenizer = load_model(args.model, args.device, args.dtype)
         policy = make_generate_policy(model, tokenizer, args.temperature, args.top_p, args.max_new_tokens, args.seed)
         settings = {"temperature": args.temperature, "top_p": args.top_p}
-    records = rollout(args.env, episodes, policy, args.batch_size, args.max_steps, desc=args.split)
+    records = rollout(args.env, episodes, policy, args.batch_size, args.max_steps, desc=args.split,
+                      max_observation_chars=args.max_observation_chars)
     for record in records:
         record.update({"env": args.env, "split": args.split, "success": record["reward"] >= 1.0,
                        "seed": args.seed, "policy": "expert" if args.expert else args.model, **settings})

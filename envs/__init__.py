@@ -3,13 +3,14 @@
 Every environment returned by `make(name)` has:
 
     env.name                      the name it was made with
-    env.max_steps                 actions allowed per episode (invalid ones count too)
+    env.max_steps                 actions allowed per episode (invalid ones count too); may change at reset
     env.system_prompt             the instructions the agent gets as its system message
     env.task_ids(split)           task ids of a split: "train", "test_seen", "test_unseen" or "dev"
                                   (dev: for choosing settings, drawn like test_seen)
     env.reset(task_id) -> str     start a task; returns the first observation
-    env.step(action) -> (observation, reward, done)
+    env.step(action) -> (observation, reward, done)   reward: the episode's reward so far, in [0, 1]
     env.expert(task_id) -> list   the expert's ReAct turns "Thought: ...\\nAction: ..."
+    env.max_observation_chars     optional: the default cut for long observations (explore.py flag)
 
 Environments are deterministic for a task id. An action the env cannot parse or apply never raises:
 it returns an observation starting with INVALID (so the agent reads why) and still costs a step.
@@ -19,19 +20,28 @@ SPLITS = ("train", "test_seen", "test_unseen", "dev")
 INVALID = "Invalid action"
 
 
-def _shop():
+def _shop(options):
     from envs.shop import ShopEnv
+    if options:
+        raise ValueError(f"the shop env takes no options (got {options!r})")
     return ShopEnv()
 
 
-ENVS = {"shop": _shop}
+def _scienceworld(options):
+    from envs.scienceworld import ScienceWorldEnv
+    return ScienceWorldEnv(task_types=options.split(",") if options else None)
+
+
+ENVS = {"shop": _shop, "scienceworld": _scienceworld}
 
 
 def make(name):
-    """Build the environment called `name`; an unknown name is a ValueError listing the valid ones."""
-    if name not in ENVS:
+    """Build the environment called `name` ("NAME" or "NAME:OPTIONS", e.g. "scienceworld:find-animal,find-plant"
+    for a subset of task types); an unknown name is a ValueError listing the valid ones."""
+    base, _, options = name.partition(":")
+    if base not in ENVS:
         raise ValueError(f"unknown env {name!r}; valid envs: {', '.join(sorted(ENVS))}")
-    return ENVS[name]()
+    return ENVS[base](options)
 
 
 def check_split(split):

@@ -1,0 +1,177 @@
+"""ScienceWorld (Wang et al. 2022), one of the paper's three benchmarks, offline behind our protocol.
+
+Needs the optional `scienceworld` package (it ships its own jar) and a Java runtime (17 works):
+
+    pip install scienceworld            # and, if `java -version` fails: apt-get install openjdk-17-jre-headless
+
+Choices, as in the paper and its authors' setup unless said otherwise:
+- Task types: 24 of ScienceWorld's 30. Left out, as by the paper's authors: the three inclined-plane
+  tasks, the two Mendelian-genetics tasks and measure-melting-point-unknown-substance.
+- Splits: `train` = ScienceWorld's training variations, `test_seen` = its dev variations,
+  `test_unseen` = its test variations. Like the paper (1483 / 194 / 241 tasks) we use a subset: at most
+  62 train, 8 dev and 10 test variations per task type, evenly spaced over each list. `dev` (for choosing
+  settings) takes up to 8 further training variations per type that `train` does not use. Sizes with
+  scienceworld 1.2.3: train 1268, test_seen 159, test_unseen 200, dev 142 (types with few variations
+  give fewer). A task id is "<task type>-<variation>", e.g. "find-animal-12".
+- The "easy" simplification (teleport, open doors, self-watering pots, no electrical actions).
+- Max steps per task type, 10-120, the values of the authors' setup (MAX_STEPS below), raised for a
+  task whose gold path is longer (ScienceWorld's gold paths are not minimal: grow-plant's run 64-75
+  steps against a cap of 30), so the expert always fits.
+- Reward: the running maximum of the env's score / 100 over the episode (a failed task's -100 does not
+  lower it); success is a score of 100.
+- Observations: the first is the task description and `look around`; long ones are cut at
+  `max_observation_chars` (1000 by default; explore.py --max-observation-chars changes it).
+- Expert: ScienceWorld's gold action path (`generateGoldPath=True`), written as ReAct turns whose
+  thoughts are templated from the action. The paper had GPT-4 write its thoughts; ours are not.
+- Invalid actions (the env's "No known action matches that input.") come back marked `Invalid action`.
+
+`make("scienceworld:find-animal,find-plant")` keeps only the listed task types (every split), for
+runs that must fit in CPU time. One JVM per env object, started once and reused across episodes (reset loads the next variation:
+about a second); rollouts keep one env per active episode.
+"""
+import re
+from functools import lru_cache
+
+from envs import INVALID, check_split
+
+EXCLUDED = ("inclined-plane-determine-angle", "inclined-plane-friction-named-surfaces",
+            "inclined-plane-friction-unnamed-surfaces", "mendelian-genetics-known-plant",
+            "mendelian-genetics-unknown-plant", "measure-melting-point-unknown-substance")
+MAX_STEPS = {
+    "boil": 100, "change-the-state-of-matter-of": 80, "freeze": 80, "melt": 80,
+    "measure-melting-point-known-substance": 120, "use-thermometer": 30,
+    "power-component": 20, "power-component-renewable-vs-nonrenewable-energy": 30,
+    "test-conductivity": 30, "test-conductivity-of-unknown-substances": 30,
+    "find-animal": 15, "find-living-thing": 15, "find-non-living-thing": 15, "find-plant": 15,
+    "grow-fruit": 60, "grow-plant": 30, "chemistry-mix": 60,
+    "chemistry-mix-paint-secondary-color": 15, "chemistry-mix-paint-tertiary-color": 30,
+    "lifespan-longest-lived": 10, "lifespan-longest-lived-then-shortest-lived": 12, "lifespan-shortest-lived": 10,
+    "identify-life-stages-1": 30, "identify-life-stages-2": 30,
+}
+PER_TYPE = {"train": 100, "test_seen": 8, "test_unseen": 10, "dev": 8}
+SIMPLIFICATION = "easy"
+MAX_OBSERVATION_CHARS = 1000
+SYSTEM_PROMPT = ("You are an agent in a virtual science lab. Reply 'Thought: ...' then 'Action: ...'. "
+                 "Actions include: look around, go to LOCATION, open OBJ, pick up OBJ, move OBJ to OBJ, "
+                 "focus on OBJ, use OBJ on OBJ, activate OBJ, pour OBJ into OBJ, mix OBJ, wait, inventory.")
+
+
+def start_jvm():
+    """A ScienceWorld env (its own JVM); a missing package or Java is a clear error."""
+    try:
+        from scienceworld import ScienceWorldEnv
+    except ImportError:
+        raise ValueError("the scienceworld env needs the scienceworld package: pip install scienceworld") from None
+    try:
+        return ScienceWorldEnv("", envStepLimit=1000)
+    except Exception as e:  # no java on PATH, or the JVM did not start
+        raise ValueError(f"cannot start ScienceWorld's Java runtime ({type(e).__name__}: {e}); install one, "
+                         f"e.g. apt-get install openjdk-17-jre-headless") from None
+
+
+def evenly_spaced(values, k):
+    if len(values) <= k:
+        return list(values)
+    return [values[round(i * (len(values) - 1) / (k - 1))] for i in range(k)] if k > 1 else [values[0]]
+
+
+@lru_cache(maxsize=None)
+def split_task_ids():  # every kept task type; an env with task_types filters this
+    """{split: [task id, ...]} from ScienceWorld's own train/dev/test variation lists (one JVM, a few seconds)."""
+    env = start_jvm()
+    by_split = {split: [] for split in PER_TYPE}
+    try:
+        for task_type in MAX_STEPS:
+            env.load(task_type, 0, SIMPLIFICATION)
+            train = evenly_spaced(env.get_variations_train(), PER_TYPE["train"])
+            unused = [v for v in env.get_variations_train() if v not in set(train)]
+            chosen = {"train": train, "test_seen": evenly_spaced(env.get_variations_dev(), PER_TYPE["test_seen"]),
+                      "test_unseen": evenly_spaced(env.get_variations_test(), PER_TYPE["test_unseen"]),
+                      "dev": evenly_spaced(unused, PER_TYPE["dev"])}
+            for split, variations in chosen.items():
+                by_split[split] += [f"{task_type}-{v}" for v in variations]
+    finally:
+        env.close()
+    return by_split
+
+
+def parse_task_id(task_id):
+    task_type, _, variation = task_id.rpartition("-")
+    if task_type not in MAX_STEPS or not variation.isdigit():
+        raise KeyError(f"unknown scienceworld task id {task_id!r} (expected '<task type>-<variation>')")
+    return task_type, int(variation)
+
+
+def thought_for(action):
+    """A short templated thought for an expert action (the paper's were written by GPT-4)."""
+    templates = [
+        (r"look around", "I should look around to see what is here."),
+        (r"(?:go|teleport) to (.+)", "I need to go to the {0}."),
+        (r"open (.+)", "I open the {0}."),
+        (r"focus on (.+)", "The task is about the {0}, so I focus on it."),
+        (r"pick up (.+)", "I take the {0} with me."),
+        (r"move (.+?) to (.+)", "I move the {0} to the {1}."),
+        (r"pour (.+?) into (.+)", "I pour the {0} into the {1}."),
+        (r"use (.+?) on (.+)", "I use the {0} on the {1}."),
+        (r"(?:activate|deactivate) (.+)", "I switch the {0}."),
+        (r"wait\d*", "I wait for the process to go on."),
+        (r"mix (.+)", "I mix the {0}."),
+    ]
+    for pattern, template in templates:
+        match = re.fullmatch(pattern, action)
+        if match:
+            return template.format(*match.groups())
+    return "That is the next step of the task."
+
+
+class ScienceWorldEnv:
+    name = "scienceworld"
+    system_prompt = SYSTEM_PROMPT
+    max_observation_chars = MAX_OBSERVATION_CHARS
+
+    def __init__(self, task_types=None):
+        unknown = sorted(set(task_types or ()) - set(MAX_STEPS))
+        if unknown:
+            raise ValueError(f"unknown scienceworld task type {unknown[0]!r}; valid types: {', '.join(MAX_STEPS)}")
+        self.task_types = tuple(task_types or MAX_STEPS)
+        self.env = start_jvm()
+        self.max_steps = max(MAX_STEPS.values())
+        self.task_id, self.best, self.gold_turns = None, 0.0, {}
+
+    def task_ids(self, split):
+        return [t for t in split_task_ids()[check_split(split)] if t.rpartition("-")[0] in self.task_types]
+
+    def _load(self, task_id):
+        """Load a task with its gold path (about 2 s); the gold path's length sets the step limit."""
+        task_type, variation = parse_task_id(task_id)
+        self.env.load(task_type, variation, SIMPLIFICATION, generateGoldPath=True)
+        observation, info = self.env.reset()
+        gold = self.env.get_gold_action_sequence()
+        self.gold_turns[task_id] = [f"Thought: {thought_for(action)}\nAction: {action}" for action in gold]
+        self.max_steps = max(MAX_STEPS[task_type], len(gold))
+        return f"{info['taskDesc'].strip()}\n{observation.strip()}"
+
+    def reset(self, task_id):
+        self.task_id, self.best = task_id, 0.0
+        return self._load(task_id)
+
+    def step(self, action):
+        if self.task_id is None:
+            raise RuntimeError("call reset(task_id) before step()")
+        observation, _, done, info = self.env.step(action)
+        observation = observation.strip()
+        if observation.startswith("No known action matches that input"):
+            observation = f"{INVALID}: {observation}"
+        self.best = max(self.best, info["score"] / 100)
+        if done:
+            self.task_id = None
+        return observation, self.best, bool(done)
+
+    def expert(self, task_id):
+        if task_id not in self.gold_turns:  # a load costs seconds: once per task
+            self._load(task_id)
+            self.task_id = None  # this load was only for the gold path: reset() before playing
+        return self.gold_turns[task_id]
+
+    def close(self):
+        self.env.close()

@@ -1,0 +1,62 @@
+"""ScienceWorld behind the env protocol. Needs `pip install scienceworld` and Java (CI installs both)."""
+import pytest
+
+pytest.importorskip("scienceworld")
+
+import envs  # noqa: E402
+from envs.scienceworld import MAX_STEPS, split_task_ids, thought_for  # noqa: E402
+from explore import make_expert_policy, rollout  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def env():
+    environment = envs.make("scienceworld:find-animal")
+    yield environment
+    environment.close()
+
+
+def test_split_sizes_and_task_types():
+    by_split = split_task_ids()
+    assert {split: len(ids) for split, ids in by_split.items()} == \
+        {"train": 1248, "test_seen": 171, "test_unseen": 211, "dev": 64}
+    assert len(MAX_STEPS) == 24 and not any("inclined-plane" in t or "mendelian" in t for t in MAX_STEPS)
+    for split, ids in by_split.items():
+        assert len(set(ids)) == len(ids)
+    assert not set(by_split["train"]) & set(by_split["dev"])  # dev: training variations train does not use
+
+
+def test_load_reset_and_a_few_steps(env):
+    task_id = env.task_ids("test_unseen")[0]
+    assert task_id.startswith("find-animal-") and env.max_steps >= 15
+    first = env.reset(task_id)
+    assert first.startswith("Task Description:\nYour task is to find a(n) animal") and "This room is called" in first
+    observation, reward, done = env.step("fly to the moon")
+    assert observation.startswith("Invalid action: No known action") and 0.0 <= reward < 1.0 and not done
+    turns = env.expert(task_id)
+    assert all(t.startswith("Thought: ") and "\nAction: " in t for t in turns)
+    env.reset(task_id)
+    rewards = [env.step(turn.split("Action: ")[1])[1] for turn in turns[:3]]
+    assert rewards == sorted(rewards) and all(0.0 <= r <= 1.0 for r in rewards)  # a running maximum
+
+
+def test_templated_thoughts():
+    assert thought_for("go to kitchen") == "I need to go to the kitchen."
+    assert thought_for("move dove to red box") == "I move the dove to the red box."
+    assert thought_for("wait1") == "I wait for the process to go on."
+
+
+def test_unknown_task_type_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown scienceworld task type 'find-dragon'; valid types: boil"):
+        envs.make("scienceworld:find-dragon")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", envs.SPLITS)
+def test_expert_reaches_full_reward_on_one_task_of_each_type(split):
+    expert_env = envs.make("scienceworld")
+    first_of_type = {}
+    for task_id in split_task_ids()[split]:
+        first_of_type.setdefault(task_id.rpartition("-")[0], task_id)
+    records = rollout("scienceworld", [(t, 0) for t in first_of_type.values()], make_expert_policy(expert_env),
+                      batch_size=4)
+    assert [(r["task_id"], r["reward"]) for r in records if r["reward"] < 1.0] == []
