@@ -26,14 +26,30 @@ from sft import (InputError, add_system_flags, load_model, read_jsonl, run_main,
                  set_seed, stop_if_diverged, tokenize_conversation)
 
 
-def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
-    """Per-example DPO losses and the implicit rewards (detached), all of shape (B,).
+LOSSES = ("sigmoid", "ipo", "hinge")
 
-    Paper Eq. 11: L = -log sigmoid(beta * [(log pi(e_w|u) - log ref(e_w|u)) - (log pi(e_l|u) - log ref(e_l|u))])
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta,
+             loss_type="sigmoid", label_smoothing=0.0):
+    """Per-example preference losses and the implicit rewards (detached), all of shape (B,).
+
+    With h = (log pi(e_w|u) - log ref(e_w|u)) - (log pi(e_l|u) - log ref(e_l|u)):
+      sigmoid (ETO paper Eq. 11, DPO): L = -log sigmoid(beta h)
+        with label_smoothing e (conservative DPO, Mitchell 2023): (1 - e)(-log sigmoid(beta h)) + e(-log sigmoid(-beta h))
+      ipo (Azar et al. 2023, Eq. 17): L = (h - 1 / (2 beta))^2
+      hinge (SLiC, Zhao et al. 2023): L = max(0, 1 - beta h)
     """
+    if loss_type not in LOSSES:
+        raise InputError(f"unknown loss {loss_type!r}; valid losses: {', '.join(LOSSES)}")
     chosen_logratios = policy_chosen_logps - reference_chosen_logps
     rejected_logratios = policy_rejected_logps - reference_rejected_logps
-    losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
+    h = chosen_logratios - rejected_logratios
+    if loss_type == "sigmoid":
+        losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    elif loss_type == "ipo":
+        losses = (h - 1 / (2 * beta)) ** 2
+    else:
+        losses = torch.relu(1 - beta * h)
     chosen_rewards = beta * chosen_logratios.detach()
     rejected_rewards = beta * rejected_logratios.detach()
     return losses, chosen_rewards, rejected_rewards
@@ -72,6 +88,8 @@ def main():
     parser.add_argument("--dpo-weight", type=float, default=1.0, help="scale of the DPO term")
     parser.add_argument("--sft-weight", type=float, default=0.0, help="NLL on chosen (0 in the paper)")
     parser.add_argument("--average-logps", action="store_true", help="mean instead of sum of token log-probs")
+    parser.add_argument("--loss", default="sigmoid", choices=LOSSES, help="sigmoid (DPO, paper), ipo or hinge")
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO's e (sigmoid only)")
     # optimisation (paper: lr 1e-6, batch 32, 3 epochs for 7B)
     parser.add_argument("--lr", type=float, default=1e-6)
     parser.add_argument("--epochs", type=int, default=3)
@@ -134,7 +152,8 @@ def main():
                     rejected_logps, _ = sequence_logps(model, [(e[2], e[3]) for e in batch], args.device,
                                                        args.average_logps)
                 losses, chosen_rewards, rejected_rewards = dpo_loss(
-                    chosen_logps, rejected_logps, ref_chosen[micro], ref_rejected[micro], args.beta)
+                    chosen_logps, rejected_logps, ref_chosen[micro], ref_rejected[micro], args.beta, args.loss,
+                    args.label_smoothing)
                 # NLL on chosen per agent token (the control's term; IPR adds it to DPO)
                 nll = -(chosen_logps if args.average_logps else chosen_logps / counts)
                 loss = (args.dpo_weight * losses + args.sft_weight * nll).sum() / len(step_indices)

@@ -204,6 +204,15 @@ def make_pairs(explored, expert, extra_turns=5, level="trajectory"):
     return pairs, counts
 
 
+def best_of_n(records):
+    """Best-of-N (paper's baseline): per task, the best reward among its samples; averaged over tasks."""
+    best = {}
+    for record in records:
+        best[record["task_id"]] = max(best.get(record["task_id"], 0.0), record["reward"])
+    return {"tasks": len(best), "avg_reward": round(100 * sum(best.values()) / max(len(best), 1), 2),
+            "success_rate": round(100 * sum(r >= 1.0 for r in best.values()) / max(len(best), 1), 2)}
+
+
 def summarize(records):
     n = len(records)
     steps = sum(r["steps"] for r in records)
@@ -273,6 +282,8 @@ def main():
         record.update({"env": args.env, "split": args.split, "success": record["reward"] >= 1.0,
                        "seed": args.seed, "policy": "expert" if args.expert else args.model, **settings})
     summary = {"stage": "explore", "out": args.out, **summarize(records)}
+    if args.samples > 1:  # Best-of-N: scored by env reward, as the paper's baseline (an oracle pick)
+        summary["best_of_n"] = {"n": args.samples, **best_of_n(records)}
     if expert_records is not None:
         pairs, counts = make_pairs(records, expert_records, args.extra_turns, args.pair_level)
         write_jsonl(args.pairs_out, pairs)

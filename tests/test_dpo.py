@@ -29,6 +29,21 @@ def test_dpo_loss_matches_hand_computation(beta, pc, pr, rc, rr):
     assert rejected_rewards.item() == pytest.approx(beta * (pr - rr))
 
 
+@pytest.mark.parametrize("beta", [0.1, 0.5, 2.0])
+def test_loss_variants_match_hand_computation(beta):
+    pc, pr, rc, rr = -1.0, -3.0, -2.0, -2.5  # h = (-1 + 2) - (-3 + 2.5) = 1.5
+    args = [torch.tensor([v]) for v in (pc, pr, rc, rr)]
+    h = 1.5
+    ipo, _, _ = dpo_loss(*args, beta, loss_type="ipo")
+    assert ipo.item() == pytest.approx((h - 1 / (2 * beta)) ** 2, rel=1e-6)
+    hinge, _, _ = dpo_loss(*args, beta, loss_type="hinge")
+    assert hinge.item() == pytest.approx(max(0.0, 1 - beta * h), abs=1e-6)
+    conservative, _, _ = dpo_loss(*args, beta, label_smoothing=0.2)
+    assert conservative.item() == pytest.approx(0.8 * sigmoid_loss(beta * h) + 0.2 * sigmoid_loss(-beta * h), rel=1e-6)
+    with pytest.raises(InputError, match="unknown loss 'kto'; valid losses: sigmoid, ipo, hinge"):
+        dpo_loss(*args, beta, loss_type="kto")
+
+
 def test_dpo_loss_is_log2_when_policy_equals_reference_and_rewards_are_detached():
     policy_chosen = torch.tensor([-4.0, -7.5], requires_grad=True)
     policy_rejected = torch.tensor([-2.0, -9.0], requires_grad=True)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import envs
-from explore import INVALID_FORMAT, make_expert_policy, make_generate_policy, parse_action, rollout, summarize
+from explore import (INVALID_FORMAT, best_of_n, make_expert_policy, make_generate_policy, parse_action, rollout,
+                     summarize)
 from sft import build_tiny_model, build_tiny_tokenizer
 from tests.conftest import ROOT
 
@@ -170,3 +171,8 @@ def test_an_episode_that_outgrows_the_context_ends_alone():
     assert replies[0] is None and replies[2] is None and replies[1] is not None
     [record] = rollout("shop", [("train-0", 0)], policy, max_steps=10)
     assert record["stop"] == "context" and 0 < record["steps"] < 10 and record["reward"] == 0.0
+
+
+def test_best_of_n_takes_each_tasks_best_sample():
+    records = [{"task_id": "a", "reward": r} for r in (0.2, 1.0, 0.5)] + [{"task_id": "b", "reward": r} for r in (0.0, 0.4)]
+    assert best_of_n(records) == {"tasks": 2, "avg_reward": 70.0, "success_rate": 50.0}
