@@ -213,6 +213,17 @@ def best_of_n(records):
             "success_rate": round(100 * sum(r >= 1.0 for r in best.values()) / max(len(best), 1), 2)}
 
 
+def distinct_successes(records):
+    """Successful trajectories (reward 1), one per task and distinct action sequence: RFT's data."""
+    seen, kept = set(), []
+    for record in records:
+        actions = tuple(parse_action(m["content"]) for m in record["messages"] if m["role"] == "assistant")
+        if record["reward"] >= 1.0 and (record["task_id"], actions) not in seen:
+            seen.add((record["task_id"], actions))
+            kept.append(record)
+    return kept
+
+
 def summarize(records):
     n = len(records)
     steps = sum(r["steps"] for r in records)
@@ -248,6 +259,8 @@ def main():
     parser.add_argument("--pairs-with", help="expert trajectory JSONL to pair the explored trajectories with")
     parser.add_argument("--pairs-out", help="where to write the pairs JSONL (needs --pairs-with)")
     parser.add_argument("--extra-turns", type=int, default=5, help="rejected side: chosen turns + this many")
+    parser.add_argument("--successes-out", help="also write the successful trajectories, one per distinct "
+                                                  "action sequence (RFT's extra SFT data)")
     parser.add_argument("--pair-level", default="trajectory", choices=PAIR_LEVELS,
                         help="trajectory: whole continuations (paper); divergence: the first differing turn")
     add_system_flags(parser)
@@ -288,6 +301,10 @@ def main():
         pairs, counts = make_pairs(records, expert_records, args.extra_turns, args.pair_level)
         write_jsonl(args.pairs_out, pairs)
         summary.update({"pairs": len(pairs), **counts})
+    if args.successes_out:
+        successes = distinct_successes(records)
+        write_jsonl(args.successes_out, successes)
+        summary["successes"] = len(successes)
     write_jsonl(args.out, records)  # then the .args.json: written last, it marks the stage complete
     summary["seconds"] = round(time.time() - started, 1)
     write_json(args.out + ".args.json", {"args": vars(args), "summary": summary})

@@ -3,6 +3,7 @@
     python loop.py                                   # offline default: shop env, tiny model, CPU
     python loop.py --run runs/seed1 --seed 1 --iterations 3
     python loop.py --run runs/smol --model path/to/chat-model --sft-lr 1e-5 --sft-epochs 3 --dpo-lr 1e-6
+    python loop.py --run runs/report --methods sft,bon,rft,eto --seeds 0,1,2   # RUN/results.md, mean +- std
 
 Expert data -> SFT -> evaluation; then for each iteration i: explore the train tasks with the current
 policy -> failure/expert pairs -> DPO with reference = the current policy -> evaluation on test_seen
@@ -14,10 +15,16 @@ Every command is printed before it runs. A stage whose outputs exist is skipped:
 its outputs by rename, so a killed stage leaves nothing that looks complete. Skipping looks at the
 files, not the flags: for new settings, use a new --run folder (or copy in the stages to reuse). Results go to
 RUN/results.jsonl (one line per model and split) and the table is printed at the end.
+
+Baselines (--methods): `bon` samples N trajectories per test task from the SFT model and scores the
+best by env reward (the paper's Best-of-N, an oracle pick); `rft` samples the train tasks, keeps the
+distinct successes and fine-tunes the SFT model on expert + successes (rejection-sampling fine-tuning).
+With --seeds, each seed runs in RUN/seedS and RUN/results.md holds mean +- std over the seeds.
 """
 import argparse
 import json
 import os
+import statistics
 import shlex
 import subprocess
 import sys
@@ -26,6 +33,7 @@ import time
 from sft import run_main, write_json, write_jsonl
 
 SPLITS = ("test_seen", "test_unseen")
+METHODS = ("sft", "eto", "bon", "rft")
 
 
 def run_stage(command, outputs, summary_file):
@@ -56,14 +64,16 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # the run
     parser.add_argument("--run", default="runs/default", help="folder for every artifact of this run")
     parser.add_argument("--env", default="shop")
     parser.add_argument("--model", default="tiny", help="'tiny' or a HF chat-model folder")
+    parser.add_argument("--methods", default="sft,eto", help=f"comma list of: {', '.join(METHODS)} (sft always runs)")
     parser.add_argument("--iterations", type=int, default=1, help="explore -> pairs -> DPO rounds (paper: 2)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default=None, help="comma list of seeds, each in RUN/seedS; writes RUN/results.md")
     parser.add_argument("--no-control", action="store_true", help="skip the sft-continued control")
     parser.add_argument("--train-limit", type=int, default=None, help="train tasks used (default: all)")
     parser.add_argument("--eval-limit", type=int, default=None, help="test tasks per split (default: all)")
@@ -83,26 +93,44 @@ def main():
     parser.add_argument("--dpo-epochs", type=int, default=2)
     parser.add_argument("--sft-weight", type=float, default=1.0, help="NLL on chosen added to ETO's DPO loss")
     parser.add_argument("--dpo-batch-size", type=int, default=32)
+    # baselines
+    parser.add_argument("--bon-n", type=int, default=4, help="Best-of-N: samples per test task (temperature 1)")
+    parser.add_argument("--rft-samples", type=int, default=4, help="RFT: samples per train task (temperature 1)")
+    parser.add_argument("--rft-epochs", type=int, default=2, help="RFT: epochs on expert + successes")
+    parser.add_argument("--rft-lr", type=float, default=1e-3)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args()
+    args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.method_list if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r}; valid methods: {', '.join(METHODS)}")
+    try:
+        args.seed_list = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        raise ValueError(f"--seeds must be a comma list of integers, got {args.seeds!r}") from None
+    return args
 
-    started = time.time()
-    run = args.run
+
+def run_seed(args, run, seed_value):
+    """Every stage of one seed in `run`; returns its result rows."""
     os.makedirs(run, exist_ok=True)
-    write_json(os.path.join(run, "loop_args.json"), vars(args))
-    seed = ["--seed", str(args.seed)]
+    seed = ["--seed", str(seed_value)]
     train_limit = ["--limit", str(args.train_limit)] if args.train_limit else []
     eval_limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
     rollout_flags = seed + (["--max-steps", str(args.max_steps)] if args.max_steps else [])
     rows = []
 
-    def evaluate(stage, model_dir):
+    def evaluate(stage, model_dir, extra=(), best_of=None):
         for split in SPLITS:
             out = os.path.join(run, "eval", f"{stage}.{split}.jsonl")
             summary = run_stage(["explore.py", "--env", args.env, "--split", split, "--model", model_dir,
-                                 "--out", out, *eval_limit, *rollout_flags], [out, out + ".args.json"], out + ".args.json")
+                                 "--out", out, *eval_limit, *rollout_flags, *extra], [out, out + ".args.json"],
+                                out + ".args.json")
+            if best_of:
+                summary = summary["best_of_n"]
             rows.append({"stage": stage, "split": split, "avg_reward": summary["avg_reward"],
-                         "success_rate": summary["success_rate"], "n": summary["n"], "model": model_dir})
+                         "success_rate": summary["success_rate"], "n": summary.get("n", summary.get("tasks")),
+                         "model": model_dir, "seed": seed_value})
 
     # 1. expert trajectories and SFT
     expert = os.path.join(run, "expert.jsonl")
@@ -113,11 +141,27 @@ def main():
                "--lr", str(args.sft_lr), *seed], [sft_dir], os.path.join(sft_dir, "args.json"))
     evaluate("sft", sft_dir)
 
+    # baselines: Best-of-N at test time, RFT on the agent's own successes
+    if "bon" in args.method_list:
+        evaluate(f"best-of-{args.bon_n}", sft_dir, ["--temperature", "1.0", "--samples", str(args.bon_n)], best_of=True)
+    if "rft" in args.method_list:
+        folder = os.path.join(run, "rft")
+        explored, successes = os.path.join(folder, "explore.jsonl"), os.path.join(folder, "successes.jsonl")
+        summary = run_stage(["explore.py", "--env", args.env, "--split", "train", "--model", sft_dir, "--out", explored,
+                             "--temperature", "1.0", "--samples", str(args.rft_samples), "--successes-out", successes,
+                             *train_limit, *rollout_flags], [explored, successes, explored + ".args.json"],
+                            explored + ".args.json")
+        rft_dir = os.path.join(folder, "model")
+        data = [expert] + ([successes] if summary["successes"] else [])
+        run_stage(["sft.py", "--model", sft_dir, "--data", *data, "--out", rft_dir, "--epochs", str(args.rft_epochs),
+                   "--lr", str(args.rft_lr), *seed], [rft_dir], os.path.join(rft_dir, "args.json"))
+        evaluate("rft", rft_dir)
+
     # 2. ETO iterations, each with its control trained on the same chosen trajectories
     policy, control = sft_dir, sft_dir
     dpo_flags = ["--lr", str(args.dpo_lr), "--beta", str(args.beta), "--epochs", str(args.dpo_epochs),
                  "--batch-size", str(args.dpo_batch_size), *seed]
-    for iteration in range(1, args.iterations + 1):
+    for iteration in range(1, args.iterations + 1 if "eto" in args.method_list else 1):
         folder = os.path.join(run, f"iter{iteration}")
         explored, pairs = os.path.join(folder, "explore.jsonl"), os.path.join(folder, "pairs.jsonl")
         sampling = ["--temperature", str(args.temperature), "--samples", str(args.samples),
@@ -141,11 +185,46 @@ def main():
                        "--sft-weight", "1", *dpo_flags], [control_dir], os.path.join(control_dir, "args.json"))
             evaluate(f"sft-continued-{iteration}", control_dir)
             control = control_dir
+    return rows
 
-    results = os.path.join(run, "results.jsonl")
+
+def mean_std_table(rows):
+    """A markdown table: mean +- std over seeds of avg reward and success, per stage and split."""
+    stages = list(dict.fromkeys(row["stage"] for row in rows))
+    seeds = sorted({row["seed"] for row in rows})
+    lines = [f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); mean +- std (population std over seeds)", "",
+             "| model | " + " | ".join(f"{split} reward | {split} success" for split in SPLITS) + " |",
+             "|---|" + "---|---|" * len(SPLITS)]
+    for stage in stages:
+        cells = []
+        for split in SPLITS:
+            for field in ("avg_reward", "success_rate"):
+                values = [row[field] for row in rows if row["stage"] == stage and row["split"] == split]
+                cells.append(f"{statistics.mean(values):.1f} +- {statistics.pstdev(values):.1f}" if values else "-")
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    args = parse_args()
+    started = time.time()
+    os.makedirs(args.run, exist_ok=True)
+    write_json(os.path.join(args.run, "loop_args.json"), vars(args))
+    if args.seed_list is None:
+        rows = run_seed(args, args.run, args.seed)
+    else:
+        rows = [row for s in args.seed_list for row in run_seed(args, os.path.join(args.run, f"seed{s}"), s)]
+    results = os.path.join(args.run, "results.jsonl")
     write_jsonl(results, rows)
-    print(format_table(rows))
-    print(json.dumps({"stage": "loop", "run": run, "results": results, "seconds": round(time.time() - started, 1)}))
+    if args.seed_list is None:
+        print(format_table(rows))
+    else:
+        table = mean_std_table(rows)
+        with open(os.path.join(args.run, "results.md.tmp"), "w") as f:
+            f.write(table)
+        os.replace(os.path.join(args.run, "results.md.tmp"), os.path.join(args.run, "results.md"))
+        print(table)
+    print(json.dumps({"stage": "loop", "run": args.run, "results": results, "seconds": round(time.time() - started, 1)}))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
     python sft.py --model tiny --data runs/demo/expert.jsonl --out runs/demo/sft
     python sft.py --model path/to/chat-model --data runs/demo/expert.jsonl --out runs/demo/sft \
         --lr 1e-5 --epochs 3 --batch-size 64 --patience 0      # the paper's settings for a 7B model
+    python sft.py --model runs/demo/sft --data runs/demo/expert.jsonl runs/demo/rft/successes.jsonl \
+        --out runs/demo/rft/model --epochs 2 --lr 1e-3         # RFT: expert + the agent's own successes
 
 `--model tiny` builds the offline default: a byte-level BPE tokenizer trained on the data with a ChatML
 chat template, and a ~2M-parameter Llama-style model from a config. Any other value is loaded with
@@ -311,7 +313,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # data and model
     parser.add_argument("--model", default="tiny", help="'tiny' (built offline) or a HF causal-LM folder/id")
-    parser.add_argument("--data", required=True, help="trajectory JSONL with a 'messages' field per line")
+    parser.add_argument("--data", required=True, nargs="+", help="trajectory JSONL file(s), a 'messages' field per line")
     parser.add_argument("--out", required=True, help="output folder (save_pretrained format)")
     parser.add_argument("--max-length", type=int, default=1024, help="tokens per example; longer ones are cut")
     parser.add_argument("--dev-fraction", type=float, default=0.05, help="held-out share for the dev loss")
@@ -334,7 +336,7 @@ def main():
 
     started = time.time()
     set_seed(args.seed)
-    trajectories = read_jsonl(args.data)  # checked before any model is built or loaded
+    trajectories = [t for path in args.data for t in read_jsonl(path)]  # checked before any model is built
     if args.model == "tiny":
         texts = [m["content"] for t in trajectories for m in t["messages"]] + ["system user assistant"]
         tokenizer = build_tiny_tokenizer(texts, args.tiny_vocab)
@@ -353,7 +355,7 @@ def main():
             continue
         examples.append((ids, mask))
     if not examples:
-        raise InputError(f"{args.data}: no example keeps a trainable token at --max-length {args.max_length}")
+        raise InputError(f"{' '.join(args.data)}: no example keeps a trainable token at --max-length {args.max_length}")
     rng = random.Random(args.seed)
     rng.shuffle(examples)
     n_dev = int(len(examples) * args.dev_fraction) if len(examples) >= 20 else 0

@@ -50,6 +50,7 @@ MAX_STEPS = {
 }
 PER_TYPE = {"train": 100, "test_seen": 8, "test_unseen": 10, "dev": 8}
 SIMPLIFICATION = "easy"
+GOLD_TURNS = {}  # task id -> expert turns, shared by the env objects of a process (a load costs seconds)
 MAX_OBSERVATION_CHARS = 1000
 SYSTEM_PROMPT = ("You are an agent in a virtual science lab. Reply 'Thought: ...' then 'Action: ...'. "
                  "Actions include: look around, go to LOCATION, open OBJ, pick up OBJ, move OBJ to OBJ, "
@@ -136,7 +137,8 @@ class ScienceWorldEnv:
         self.task_types = tuple(task_types or MAX_STEPS)
         self.env = start_jvm()
         self.max_steps = max(MAX_STEPS.values())
-        self.task_id, self.best, self.gold_turns = None, 0.0, {}
+        self.task_id, self.best = None, 0.0
+        self.gold_turns = GOLD_TURNS
 
     def task_ids(self, split):
         return [t for t in split_task_ids()[check_split(split)] if t.rpartition("-")[0] in self.task_types]

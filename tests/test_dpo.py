@@ -149,6 +149,22 @@ def test_a_few_dpo_steps_widen_the_margin():
     assert margins[0] == pytest.approx(0.0, abs=1e-5) and margins[-1] > 0.5
 
 
+def test_mean_std_table_over_seeds():
+    from loop import mean_std_table
+    rows = [{"stage": "sft", "split": split, "avg_reward": r, "success_rate": s, "seed": seed}
+            for seed, r, s in [(0, 50.0, 10.0), (1, 60.0, 30.0)] for split in ("test_seen", "test_unseen")]
+    table = mean_std_table(rows)
+    assert table.startswith("2 seeds (0, 1)")
+    assert "| sft | 55.0 +- 5.0 | 20.0 +- 10.0 | 55.0 +- 5.0 | 20.0 +- 10.0 |" in table
+
+
+def test_loop_rejects_an_unknown_method_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "loop.py", "--run", str(tmp_path / "r"), "--methods", "sft,dpo"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown method 'dpo'; valid methods: sft, eto, bon, rft" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "r").exists()
+
+
 LOOP = [sys.executable, "loop.py", "--train-limit", "8", "--eval-limit", "2", "--sft-epochs", "1", "--iterations", "1",
         "--dpo-epochs", "1", "--max-steps", "2"]
 
