@@ -117,7 +117,7 @@ def test_cli_expert_sft_eval(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--env", "webshop", "--expert"], "unknown env 'webshop'; valid envs: shop"),
+    (["--env", "webshop", "--expert"], "unknown env 'webshop'; valid envs: scienceworld, shop"),
     (["--split", "valid", "--expert"], "unknown split 'valid'; valid splits: train, test_seen, test_unseen, dev"),
     (["--model", "no/such/folder"], "cannot load model 'no/such/folder'"),
 ])
