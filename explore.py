@@ -98,8 +98,10 @@ def rollout(env_name, episodes, policy, batch_size=32, max_steps=None, desc="rol
     """
     records = []
     progress = tqdm(total=len(episodes), desc=desc, leave=False)
-    pool = [envs.make(env_name) for _ in range(min(batch_size, len(episodes)))]  # one env per active episode,
-    if max_observation_chars is None:                                             # reused batch after batch
+    pool = [envs.make(env_name)] if episodes else []  # one env per active episode, reused batch after batch
+    batch_size = min(batch_size, getattr(pool[0], "max_batch", batch_size)) if pool else batch_size  # JVM envs
+    pool += [envs.make(env_name) for _ in range(min(batch_size, len(episodes)) - len(pool))]
+    if max_observation_chars is None:
         max_observation_chars = getattr(pool[0], "max_observation_chars", None) if pool else None
     for start in range(0, len(episodes), batch_size):
         batch = episodes[start:start + batch_size]

@@ -129,6 +129,7 @@ class ScienceWorldEnv:
     name = "scienceworld"
     system_prompt = SYSTEM_PROMPT
     max_observation_chars = MAX_OBSERVATION_CHARS
+    max_batch = 8  # parallel episodes at most: each env is a JVM of 0.3-1 GB
 
     def __init__(self, task_types=None):
         unknown = sorted(set(task_types or ()) - set(MAX_STEPS))
@@ -143,12 +144,21 @@ class ScienceWorldEnv:
     def task_ids(self, split):
         return [t for t in split_task_ids()[check_split(split)] if t.rpartition("-")[0] in self.task_types]
 
+    def _call(self, method, *args, **kwargs):
+        """A call into the JVM; if the Java process died (e.g. out of memory), one clear error."""
+        from py4j.protocol import Py4JNetworkError
+        try:
+            return getattr(self.env, method)(*args, **kwargs)
+        except (ConnectionError, OSError, Py4JNetworkError) as e:
+            raise ValueError(f"ScienceWorld's Java process stopped ({type(e).__name__}); out of memory? "
+                             f"run fewer episodes in parallel (--batch-size)") from None
+
     def _load(self, task_id):
         """Load a task with its gold path (about 2 s); the gold path's length sets the step limit."""
         task_type, variation = parse_task_id(task_id)
-        self.env.load(task_type, variation, SIMPLIFICATION, generateGoldPath=True)
-        observation, info = self.env.reset()
-        gold = self.env.get_gold_action_sequence()
+        self._call("load", task_type, variation, SIMPLIFICATION, generateGoldPath=True)
+        observation, info = self._call("reset")
+        gold = self._call("get_gold_action_sequence")
         self.gold_turns[task_id] = [f"Thought: {thought_for(action)}\nAction: {action}" for action in gold]
         self.max_steps = max(MAX_STEPS[task_type], len(gold))
         return f"{info['taskDesc'].strip()}\n{observation.strip()}"
@@ -160,7 +170,7 @@ class ScienceWorldEnv:
     def step(self, action):
         if self.task_id is None:
             raise RuntimeError("call reset(task_id) before step()")
-        observation, _, done, info = self.env.step(action)
+        observation, _, done, info = self._call("step", action)
         observation = observation.strip()
         if observation.startswith("No known action matches that input"):
             observation = f"{INVALID}: {observation}"
