@@ -192,7 +192,7 @@ def mean_std_table(rows):
     """A markdown table: mean +- std over seeds of avg reward and success, per stage and split."""
     stages = list(dict.fromkeys(row["stage"] for row in rows))
     seeds = sorted({row["seed"] for row in rows})
-    lines = [f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); mean +- std (population std over seeds)", "",
+    lines = [f"mean +- std (population std) over seeds {', '.join(map(str, seeds))}", "",
              "| model | " + " | ".join(f"{split} reward | {split} success" for split in SPLITS) + " |",
              "|---|" + "---|---|" * len(SPLITS)]
     for stage in stages:

@@ -154,7 +154,7 @@ def test_mean_std_table_over_seeds():
     rows = [{"stage": "sft", "split": split, "avg_reward": r, "success_rate": s, "seed": seed}
             for seed, r, s in [(0, 50.0, 10.0), (1, 60.0, 30.0)] for split in ("test_seen", "test_unseen")]
     table = mean_std_table(rows)
-    assert table.startswith("2 seeds (0, 1)")
+    assert table.startswith("mean +- std (population std) over seeds 0, 1")
     assert "| sft | 55.0 +- 5.0 | 20.0 +- 10.0 | 55.0 +- 5.0 | 20.0 +- 10.0 |" in table
 
 
@@ -202,3 +202,18 @@ def test_loop_runs_and_resume_skips_finished_stages(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "[done] explore.py" in resumed.stdout and "$ dpo.py" in resumed.stdout
     assert read_rows(killed_run) == rows
+
+
+@pytest.mark.slow
+def test_loop_baselines_best_of_n_and_rft_write_their_rows(tmp_path):
+    command = LOOP[:2] + ["--run", str(tmp_path / "run"), "--methods", "sft,bon,rft", "--train-limit", "8",
+                          "--eval-limit", "2", "--sft-epochs", "1", "--max-steps", "2", "--bon-n", "2",
+                          "--rft-samples", "2", "--rft-epochs", "1", "--seeds", "0"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = read_rows(tmp_path / "run")
+    assert {(r["stage"], r["split"]) for r in rows} == {(s, split) for s in ("sft", "best-of-2", "rft")
+                                                        for split in ("test_seen", "test_unseen")}
+    assert (tmp_path / "run" / "results.md").read_text().startswith("mean +- std (population std) over seeds 0")
+    rft_data = json.loads((tmp_path / "run" / "seed0" / "rft" / "model" / "args.json").read_text())["args"]["data"]
+    assert rft_data[0].endswith("expert.jsonl")
