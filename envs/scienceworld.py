@@ -24,6 +24,8 @@ Choices, as in the paper and its authors' setup unless said otherwise:
 - Expert: ScienceWorld's gold action path (`generateGoldPath=True`), written as ReAct turns whose
   thoughts are templated from the action. The paper had GPT-4 write its thoughts; ours are not.
 - Invalid actions (the env's "No known action matches that input.") come back marked `Invalid action`.
+- ScienceWorld lists a room's objects in an order that changes between loads of the same task; each
+  run of tab-indented lines is sorted, so an episode replays identically (pairs compare prompts).
 
 `make("scienceworld:find-animal,find-plant")` keeps only the listed task types (every split), for
 runs that must fit in CPU time. One JVM per env object, started once and reused across episodes (reset loads the next variation:
@@ -96,6 +98,24 @@ def split_task_ids():  # every kept task type; an env with task_types filters th
     return by_split
 
 
+def canonical(observation):
+    """Sort each run of tab-indented lines: ScienceWorld lists a room's objects in an order that changes
+    from one load of the same task to the next, and an episode must replay identically."""
+    lines, out = observation.strip().split("\n"), []
+    i = 0
+    while i < len(lines):
+        j = i
+        while j < len(lines) and lines[j].startswith("\t"):
+            j += 1
+        if j > i:
+            out += sorted(lines[i:j])
+            i = j
+        else:
+            out.append(lines[i])
+            i += 1
+    return "\n".join(out)
+
+
 def parse_task_id(task_id):
     task_type, _, variation = task_id.rpartition("-")
     if task_type not in MAX_STEPS or not variation.isdigit():
@@ -161,7 +181,7 @@ class ScienceWorldEnv:
         gold = self._call("get_gold_action_sequence")
         self.gold_turns[task_id] = [f"Thought: {thought_for(action)}\nAction: {action}" for action in gold]
         self.max_steps = max(MAX_STEPS[task_type], len(gold))
-        return f"{info['taskDesc'].strip()}\n{observation.strip()}"
+        return f"{info['taskDesc'].strip()}\n{canonical(observation)}"
 
     def reset(self, task_id):
         self.task_id, self.best = task_id, 0.0
@@ -171,7 +191,7 @@ class ScienceWorldEnv:
         if self.task_id is None:
             raise RuntimeError("call reset(task_id) before step()")
         observation, _, done, info = self._call("step", action)
-        observation = observation.strip()
+        observation = canonical(observation)
         if observation.startswith("No known action matches that input"):
             observation = f"{INVALID}: {observation}"
         self.best = max(self.best, info["score"] / 100)

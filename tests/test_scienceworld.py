@@ -4,7 +4,7 @@ import pytest
 pytest.importorskip("scienceworld")
 
 import envs  # noqa: E402
-from envs.scienceworld import MAX_STEPS, split_task_ids, thought_for  # noqa: E402
+from envs.scienceworld import MAX_STEPS, canonical, split_task_ids, thought_for  # noqa: E402
 from explore import make_expert_policy, rollout  # noqa: E402
 
 
@@ -60,3 +60,10 @@ def test_expert_reaches_full_reward_on_one_task_of_each_type(split):
     records = rollout("scienceworld", [(t, 0) for t in first_of_type.values()], make_expert_policy(expert_env),
                       batch_size=4)
     assert [(r["task_id"], r["reward"]) for r in records if r["reward"] < 1.0] == []
+
+
+def test_object_lists_are_sorted_so_a_task_replays_identically(env):
+    assert canonical("Room:\n\tb cup\n\ta cup\nYou also see:\n\tz door\n\ty door") == \
+        "Room:\n\ta cup\n\tb cup\nYou also see:\n\ty door\n\tz door"
+    task_id = env.task_ids("train")[10]
+    assert env.reset(task_id) == env.reset(task_id)
