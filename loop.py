@@ -84,7 +84,8 @@ def parse_args():
     # exploration (the authors' script explores greedily, once per task)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--samples", type=int, default=1)
-    parser.add_argument("--pair-level", default="divergence", help="divergence or trajectory (paper): see explore.py")
+    parser.add_argument("--pair-level", default="divergence", choices=("divergence", "trajectory"),
+                        help="divergence, or trajectory as in the paper: see explore.py")
     # DPO
     # (defaults chosen on the shop env's dev split for the tiny model; the paper's for a 7B model:
     #  --dpo-lr 1e-6 --beta 0.1 --dpo-epochs 3 --sft-weight 0 --pair-level trajectory)
@@ -220,7 +221,7 @@ def main():
         print(format_table(rows))
     else:
         table = mean_std_table(rows)
-        with open(os.path.join(args.run, "results.md.tmp"), "w") as f:
+        with open(os.path.join(args.run, "results.md.tmp"), "w") as f:  # temp name, then rename
             f.write(table)
         os.replace(os.path.join(args.run, "results.md.tmp"), os.path.join(args.run, "results.md"))
         print(table)
