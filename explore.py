@@ -17,6 +17,7 @@ summary: n, avg_reward (x100), success_rate (x100), invalid_action_rate.
 """
 import argparse
 import json
+import random
 import re
 import sys
 import time
@@ -83,6 +84,31 @@ def make_expert_policy(env):
             replies.append((env.expert(task_id)[turn], True))
         return replies
     return policy
+
+
+def make_forcing_policy(policy, forced_turns):
+    """Teacher forcing (step-level pairs): an episode whose task has forced turns left replays them; the
+    other episodes of the batch go to `policy` in one call."""
+    def forcing_policy(conversations, task_ids):
+        replies_so_far = [sum(m["role"] == "assistant" for m in c) for c in conversations]
+        free = [i for i, (n, task_id) in enumerate(zip(replies_so_far, task_ids)) if n >= len(forced_turns[task_id])]
+        free_replies = iter(policy([conversations[i] for i in free], [task_ids[i] for i in free]) if free else [])
+        free = set(free)
+        return [next(free_replies) if i in free else (forced_turns[task_id][n], True)
+                for i, (n, task_id) in enumerate(zip(replies_so_far, task_ids))]
+    return forcing_policy
+
+
+def step_prefixes(expert, task_ids, seed):
+    """Per task, the expert's first t-1 turns with t drawn uniformly from 2..T (paper App. B: the agent
+    acts from step t on; t = 1 is the trajectory level)."""
+    rng = random.Random(seed)
+    expert_by_task = {record["task_id"]: record for record in expert}
+    prefixes = {}
+    for task_id in task_ids:
+        turns = [m["content"] for m in expert_by_task[task_id]["messages"] if m["role"] == "assistant"]
+        prefixes[task_id] = turns[:rng.randrange(1, len(turns))] if len(turns) > 1 else []
+    return prefixes
 
 
 def cap(observation, max_chars):
@@ -155,7 +181,7 @@ def cut_after_assistant_turns(messages, n_turns):
     return messages[:assistant_at[-1] + 1] if assistant_at else []
 
 
-PAIR_LEVELS = ("trajectory", "divergence")
+PAIR_LEVELS = ("trajectory", "divergence", "step", "mixture")
 
 
 def make_pairs(explored, expert, extra_turns=5, level="trajectory"):
@@ -167,7 +193,9 @@ def make_pairs(explored, expert, extra_turns=5, level="trajectory"):
     the chosen side's assistant turns + extra_turns, so a long failure cannot dominate the summed
     log-prob. level "divergence": each side keeps only the first turn whose action differs, after the
     explored trajectory's own turns so far (same actions, so the same page), so the correct turns a
-    failure takes after its mistake are not pushed down with it. Returns (pairs, {"win": .., "tie": .., "lose": ..}).
+    failure takes after its mistake are not pushed down with it. "step" and "mixture" pair like
+    "trajectory", from the first turn the agent chose itself (a record's `forced_turns` are the expert's,
+    teacher-forced, and belong to the prompt). Returns (pairs, {"win": .., "tie": .., "lose": ..}).
     """
     if level not in PAIR_LEVELS:
         raise InputError(f"unknown pair level {level!r}; valid levels: {', '.join(PAIR_LEVELS)}")
@@ -177,7 +205,12 @@ def make_pairs(explored, expert, extra_turns=5, level="trajectory"):
         reference = expert_by_task.get(record["task_id"])
         if reference is None:
             raise InputError(f"no expert trajectory for task {record['task_id']!r}")
-        start = next(i for i, m in enumerate(reference["messages"]) if m["role"] == "assistant")
+        # the prompt ends before the first reply the agent chose (the first reply, unless teacher-forced)
+        assistant_at = [i for i, m in enumerate(record["messages"]) if m["role"] == "assistant"]
+        forced = record.get("forced_turns", 0)
+        if len(assistant_at) <= forced:
+            continue  # the episode ended (context limit) before the agent acted
+        start = assistant_at[forced]
         if record["messages"][:start] != reference["messages"][:start]:
             raise InputError(f"task {record['task_id']!r}: explored and expert prompts differ (another env or split?)")
         if record["reward"] == reference["reward"]:
@@ -200,10 +233,21 @@ def make_pairs(explored, expert, extra_turns=5, level="trajectory"):
         rejected_turns = cut_after_assistant_turns(rejected["messages"][start:], n_chosen + extra_turns)
         if not chosen_turns or not rejected_turns:
             continue
-        pairs.append({"task_id": record["task_id"], "prompt": reference["messages"][:start],
+        pairs.append({"task_id": record["task_id"], "prompt": record["messages"][:start],
                       "chosen": chosen_turns, "rejected": rejected_turns,
                       "chosen_reward": chosen["reward"], "rejected_reward": rejected["reward"]})
     return pairs, counts
+
+
+def best_and_worst(records):
+    """Self-play's pairs need no expert: per task, (the worst sample, the best sample) by reward, as two
+    lists for make_pairs(worst, best); a task whose samples all score the same gives a tie."""
+    by_task = {}
+    for record in records:
+        by_task.setdefault(record["task_id"], []).append(record)
+    worst = [min(samples, key=lambda r: r["reward"]) for samples in by_task.values()]
+    best = [max(samples, key=lambda r: r["reward"]) for samples in by_task.values()]
+    return worst, best
 
 
 def best_of_n(records):
@@ -244,6 +288,7 @@ def main():
                                                       "(scienceworld:TYPE,TYPE,... for some task types)")
     parser.add_argument("--split", default="train", help=f"one of: {', '.join(envs.SPLITS)}")
     parser.add_argument("--limit", type=int, default=None, help="only the first N tasks of the split")
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N tasks of the split (before --limit)")
     parser.add_argument("--out", required=True, help="output trajectory JSONL")
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--expert", action="store_true", help="replay the env's expert trajectories")
@@ -264,22 +309,30 @@ def main():
     parser.add_argument("--successes-out", help="also write the successful trajectories, one per distinct "
                                                   "action sequence (RFT's extra SFT data)")
     parser.add_argument("--pair-level", default="trajectory", choices=PAIR_LEVELS,
-                        help="trajectory: whole continuations (paper); divergence: the first differing turn")
+                        help="trajectory: whole continuations (paper); divergence: the first differing turn; "
+                             "step: the agent acts after t-1 teacher-forced expert turns (paper App. B); "
+                             "mixture: trajectory and step pairs together")
+    parser.add_argument("--pairs-within", action="store_true",
+                        help="self-play: pair each task's best sample with its worst (no expert; needs --samples > 1)")
     add_system_flags(parser)
     args = parser.parse_args()
-    if args.samples < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
-        raise InputError("--samples, --batch-size and --limit must be at least 1")
+    if args.samples < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1) or args.skip < 0:
+        raise InputError("--samples, --batch-size and --limit must be at least 1, --skip at least 0")
     if args.temperature == 0 and args.samples > 1:
         raise InputError("--samples > 1 needs --temperature > 0: greedy rollouts are all the same")
 
-    if bool(args.pairs_with) != bool(args.pairs_out):
+    if args.pairs_within and (args.pairs_with or not args.pairs_out or args.samples < 2):
+        raise InputError("--pairs-within needs --pairs-out and --samples > 1, and no --pairs-with")
+    if not args.pairs_within and bool(args.pairs_with) != bool(args.pairs_out):
         raise InputError("--pairs-with and --pairs-out go together")
+    if args.pair_level in ("step", "mixture") and not args.pairs_with:
+        raise InputError(f"--pair-level {args.pair_level} teacher-forces the expert: it needs --pairs-with")
     expert_records = read_jsonl(args.pairs_with, ("task_id", "messages", "reward")) if args.pairs_with else None
 
     started = time.time()
     set_seed(args.seed)
     env = envs.make(args.env)
-    task_ids = env.task_ids(envs.check_split(args.split))[:args.limit]
+    task_ids = env.task_ids(envs.check_split(args.split))[args.skip:][:args.limit]
     if expert_records is not None:  # fail now, not after minutes of rollouts
         missing = sorted(set(task_ids) - {record["task_id"] for record in expert_records})
         if missing:
@@ -291,16 +344,23 @@ def main():
         model, tokenizer = load_model(args.model, args.device, args.dtype)
         policy = make_generate_policy(model, tokenizer, args.temperature, args.top_p, args.max_new_tokens, args.seed)
         settings = {"temperature": args.temperature, "top_p": args.top_p}
-    records = rollout(args.env, episodes, policy, args.batch_size, args.max_steps, desc=args.split,
-                      max_observation_chars=args.max_observation_chars)
+    rollout_flags = dict(batch_size=args.batch_size, max_steps=args.max_steps,
+                         max_observation_chars=args.max_observation_chars)
+    records = [] if args.pair_level == "step" else rollout(args.env, episodes, policy, desc=args.split, **rollout_flags)
+    if args.pair_level in ("step", "mixture"):  # the same episodes again, after a teacher-forced expert prefix
+        prefixes = step_prefixes(expert_records, task_ids, args.seed)
+        forced = rollout(args.env, episodes, make_forcing_policy(policy, prefixes), desc=f"{args.split} (step)",
+                         **rollout_flags)
+        records += [{**record, "forced_turns": len(prefixes[record["task_id"]])} for record in forced]
     for record in records:
         record.update({"env": args.env, "split": args.split, "success": record["reward"] >= 1.0,
                        "seed": args.seed, "policy": "expert" if args.expert else args.model, **settings})
     summary = {"stage": "explore", "out": args.out, **summarize(records)}
     if args.samples > 1:  # Best-of-N: scored by env reward, as the paper's baseline (an oracle pick)
         summary["best_of_n"] = {"n": args.samples, **best_of_n(records)}
-    if expert_records is not None:
-        pairs, counts = make_pairs(records, expert_records, args.extra_turns, args.pair_level)
+    if args.pairs_out:
+        explored, reference = best_and_worst(records) if args.pairs_within else (records, expert_records)
+        pairs, counts = make_pairs(explored, reference, args.extra_turns, args.pair_level)
         write_jsonl(args.pairs_out, pairs)
         summary.update({"pairs": len(pairs), **counts})
     if args.successes_out:

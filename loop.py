@@ -30,10 +30,11 @@ import subprocess
 import sys
 import time
 
+from explore import PAIR_LEVELS
 from sft import run_main, write_json, write_jsonl
 
 SPLITS = ("test_seen", "test_unseen")
-METHODS = ("sft", "eto", "bon", "rft")
+METHODS = ("sft", "eto", "bon", "rft", "self-play")
 
 
 def run_stage(command, outputs, summary_file):
@@ -84,8 +85,8 @@ def parse_args():
     # exploration (the authors' script explores greedily, once per task)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--samples", type=int, default=1)
-    parser.add_argument("--pair-level", default="divergence", choices=("divergence", "trajectory"),
-                        help="divergence, or trajectory as in the paper: see explore.py")
+    parser.add_argument("--pair-level", default="divergence", choices=PAIR_LEVELS,
+                        help="divergence; trajectory as in the paper; step or mixture (paper App. B): see explore.py")
     # DPO
     # (defaults chosen on the shop env's dev split for the tiny model; the paper's for a 7B model:
     #  --dpo-lr 1e-6 --beta 0.1 --dpo-epochs 3 --sft-weight 0 --pair-level trajectory)
@@ -94,11 +95,21 @@ def parse_args():
     parser.add_argument("--dpo-epochs", type=int, default=2)
     parser.add_argument("--sft-weight", type=float, default=1.0, help="NLL on chosen added to ETO's DPO loss")
     parser.add_argument("--dpo-batch-size", type=int, default=32)
+    parser.add_argument("--later-dpo-lr", type=float, default=None, help="lr from iteration 2 on (default: --dpo-lr; "
+                                                                          "the authors' script: 5e-7)")
+    parser.add_argument("--later-beta", type=float, default=None, help="beta from iteration 2 on (default: --beta; "
+                                                                        "the authors' script: 0.5)")
     # baselines
     parser.add_argument("--bon-n", type=int, default=4, help="Best-of-N: samples per test task (temperature 1)")
     parser.add_argument("--rft-samples", type=int, default=4, help="RFT: samples per train task (temperature 1)")
     parser.add_argument("--rft-epochs", type=int, default=2, help="RFT: epochs on expert + successes")
     parser.add_argument("--rft-lr", type=float, default=1e-3)
+    parser.add_argument("--self-play-demos", type=int, default=100,
+                        help="self-play: expert trajectories that teach a from-scratch model the format (0: start "
+                             "from --model as it is, for a chat model)")
+    parser.add_argument("--self-play-epochs", type=int, default=40, help="self-play: epochs on the demos")
+    parser.add_argument("--self-play-tasks", type=int, default=200, help="self-play: train tasks sampled")
+    parser.add_argument("--self-play-samples", type=int, default=4, help="self-play: samples per train task (T = 1)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args()
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -160,8 +171,14 @@ def run_seed(args, run, seed_value):
 
     # 2. ETO iterations, each with its control trained on the same chosen trajectories
     policy, control = sft_dir, sft_dir
-    dpo_flags = ["--lr", str(args.dpo_lr), "--beta", str(args.beta), "--epochs", str(args.dpo_epochs),
-                 "--batch-size", str(args.dpo_batch_size), *seed]
+
+    def dpo_flags(iteration):  # the authors' script lowers lr and raises beta from iteration 2
+        later = iteration > 1
+        lr = args.later_dpo_lr if later and args.later_dpo_lr is not None else args.dpo_lr
+        beta = args.later_beta if later and args.later_beta is not None else args.beta
+        return ["--lr", str(lr), "--beta", str(beta), "--epochs", str(args.dpo_epochs),
+                "--batch-size", str(args.dpo_batch_size), *seed]
+
     for iteration in range(1, args.iterations + 1 if "eto" in args.method_list else 1):
         folder = os.path.join(run, f"iter{iteration}")
         explored, pairs = os.path.join(folder, "explore.jsonl"), os.path.join(folder, "pairs.jsonl")
@@ -177,15 +194,55 @@ def run_seed(args, run, seed_value):
             break
         model_dir = os.path.join(folder, "model")
         run_stage(["dpo.py", "--model", policy, "--pairs", pairs, "--out", model_dir, "--sft-weight",
-                   str(args.sft_weight), *dpo_flags], [model_dir], os.path.join(model_dir, "args.json"))
+                   str(args.sft_weight), *dpo_flags(iteration)], [model_dir], os.path.join(model_dir, "args.json"))
         evaluate(f"eto-{iteration}", model_dir)
         policy = model_dir
         if not args.no_control:
             control_dir = os.path.join(folder, "control")
             run_stage(["dpo.py", "--model", control, "--pairs", pairs, "--out", control_dir, "--dpo-weight", "0",
-                       "--sft-weight", "1", *dpo_flags], [control_dir], os.path.join(control_dir, "args.json"))
+                       "--sft-weight", "1", *dpo_flags(iteration)], [control_dir], os.path.join(control_dir, "args.json"))
             evaluate(f"sft-continued-{iteration}", control_dir)
             control = control_dir
+
+    # 3. self-play (paper 4.5): no expert data after the start; the agent's own samples at T = 1, RFT on its
+    # successes, then ETO pairing each task's best sample with its worst. The paper starts from the untuned
+    # chat model (which reads one expert example in its prompt); a from-scratch model cannot act at all, so
+    # it first learns the format from --self-play-demos expert trajectories.
+    if "self-play" in args.method_list:
+        folder = os.path.join(run, "self-play")
+        start_dir = args.model
+        if args.self_play_demos:
+            demos, start_dir = os.path.join(folder, "demos.jsonl"), os.path.join(folder, "start")
+            run_stage(["explore.py", "--env", args.env, "--split", "train", "--expert", "--out", demos,
+                       "--limit", str(args.self_play_demos)], [demos, demos + ".args.json"], demos + ".args.json")
+            run_stage(["sft.py", "--model", args.model, "--data", demos, "--out", start_dir, "--epochs",
+                       str(args.self_play_epochs), "--lr", str(args.sft_lr), *seed], [start_dir],
+                      os.path.join(start_dir, "args.json"))
+        evaluate("self-play-start", start_dir)
+        # train tasks after the demos' (a demo's task is solved by heart), at most --self-play-tasks of them
+        tasks = ["--skip", str(args.self_play_demos), "--limit", str(args.self_play_tasks)]
+        sampling = ["--temperature", "1.0", "--samples", str(args.self_play_samples), *tasks, *rollout_flags]
+        sampled, successes = os.path.join(folder, "rft-explore.jsonl"), os.path.join(folder, "successes.jsonl")
+        summary = run_stage(["explore.py", "--env", args.env, "--split", "train", "--model", start_dir, "--out", sampled,
+                             "--successes-out", successes, *sampling], [sampled, successes, sampled + ".args.json"],
+                            sampled + ".args.json")
+        if not summary["successes"]:
+            print("self-play: the start model succeeded on no train task; nothing to fine-tune on", flush=True)
+            return rows
+        rft_dir = os.path.join(folder, "rft")
+        run_stage(["sft.py", "--model", start_dir, "--data", successes, "--out", rft_dir, "--epochs",
+                   str(args.rft_epochs), "--lr", str(args.rft_lr), *seed], [rft_dir], os.path.join(rft_dir, "args.json"))
+        evaluate("self-play-rft", rft_dir)
+        sampled, pairs = os.path.join(folder, "eto-explore.jsonl"), os.path.join(folder, "pairs.jsonl")
+        level = args.pair_level if args.pair_level in ("trajectory", "divergence") else "trajectory"  # no expert to force
+        summary = run_stage(["explore.py", "--env", args.env, "--split", "train", "--model", rft_dir, "--out", sampled,
+                             "--pairs-within", "--pairs-out", pairs, "--pair-level", level, *sampling],
+                            [sampled, pairs, sampled + ".args.json"], sampled + ".args.json")
+        if summary["pairs"]:
+            eto_dir = os.path.join(folder, "eto")
+            run_stage(["dpo.py", "--model", rft_dir, "--pairs", pairs, "--out", eto_dir, "--sft-weight",
+                       str(args.sft_weight), *dpo_flags(1)], [eto_dir], os.path.join(eto_dir, "args.json"))
+            evaluate("self-play-rft-eto", eto_dir)
     return rows
 
 
@@ -204,6 +261,55 @@ def mean_std_table(rows):
                 cells.append(f"{statistics.mean(values):.1f} +- {statistics.pstdev(values):.1f}" if values else "-")
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def plot_point(stage):
+    """(series, training round) of a result row for the plot; the SFT model starts the ETO, control and RFT lines."""
+    if stage == "sft":
+        return [("ETO", 0), ("SFT continued (control)", 0), ("RFT", 0)]
+    if stage.startswith("eto-"):
+        return [("ETO", int(stage.split("-")[1]))]
+    if stage.startswith("sft-continued-"):
+        return [("SFT continued (control)", int(stage.split("-")[2]))]
+    if stage.startswith("best-of-"):
+        return [(f"Best-of-{stage.split('-')[2]} (oracle pick, no training)", 0)]
+    rounds = {"rft": ("RFT", 1), "self-play-start": ("self-play", 0), "self-play-rft": ("self-play", 1),
+              "self-play-rft-eto": ("self-play", 2)}
+    return [rounds[stage]] if stage in rounds else []
+
+
+def plot_results(rows, path):
+    """A PNG of avg reward (mean +- std over seeds) per training round per method, one panel per test split.
+    matplotlib is optional (requirements-plot.txt): without it, say so and go on."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no plot: matplotlib is not installed (pip install -r requirements-plot.txt)", flush=True)
+        return None
+    points = {}  # (split, series) -> {round: [reward per seed]}
+    for row in rows:
+        for series, round_ in plot_point(row["stage"]):
+            points.setdefault((row["split"], series), {}).setdefault(round_, []).append(row["avg_reward"])
+    figure, axes = plt.subplots(1, len(SPLITS), figsize=(10, 4), sharey=True)
+    for axis, split in zip(axes, SPLITS):
+        for (point_split, series), by_round in points.items():
+            if point_split != split or (len(by_round) == 1 and series in ("ETO", "SFT continued (control)", "RFT")):
+                continue  # the SFT point alone is not a line of its own
+            rounds = sorted(by_round)
+            axis.errorbar(rounds, [statistics.mean(by_round[r]) for r in rounds],
+                          yerr=[statistics.pstdev(by_round[r]) for r in rounds], marker="o", capsize=3, label=series)
+        axis.set_title(split)
+        axis.set_xlabel("training rounds after the start model")
+        axis.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].set_ylabel("avg reward (x100), mean +- std over seeds")
+    axes[-1].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path + ".tmp.png", dpi=80)
+    plt.close(figure)
+    os.replace(path + ".tmp.png", path)
+    return path
 
 
 def main():
@@ -225,7 +331,8 @@ def main():
             f.write(table)
         os.replace(os.path.join(args.run, "results.md.tmp"), os.path.join(args.run, "results.md"))
         print(table)
-    print(json.dumps({"stage": "loop", "run": args.run, "results": results, "seconds": round(time.time() - started, 1)}))
+    plot = plot_results(rows, os.path.join(args.run, "results.png"))
+    print(json.dumps({"stage": "loop", "run": args.run, "results": results, "plot": plot, "seconds": round(time.time() - started, 1)}))
 
 
 if __name__ == "__main__":

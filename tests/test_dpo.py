@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dpo import dpo_loss, sequence_logps, tokenize_pair
-from explore import make_pairs
+from explore import best_and_worst, make_pairs
 from sft import InputError, build_tiny_model, build_tiny_tokenizer
 from tests.conftest import ROOT
 
@@ -91,8 +91,30 @@ def test_divergence_pairs_keep_the_first_turn_whose_action_differs():
     [pair] = pairs
     assert pair["prompt"] == explored["messages"][:4]  # the agent's own turns so far, ending on the observation
     assert pair["chosen"] == [expert[0]["messages"][4]] and pair["rejected"] == [explored["messages"][4]]
-    with pytest.raises(InputError, match="unknown pair level 'step'; valid levels: trajectory, divergence"):
-        make_pairs([explored], expert, level="step")
+    with pytest.raises(InputError, match="unknown pair level 'turn'; valid levels: trajectory, divergence, step, mixture"):
+        make_pairs([explored], expert, level="turn")
+
+
+def test_step_pairs_start_after_the_teacher_forced_turns():
+    expert = [record("a", 1.0, ["e1", "e2", "e3"]), record("b", 1.0, ["e1", "e2"])]
+    forced_then_failed = {**record("a", 0.0, ["e1", "e2", "x3", "x4"]), "forced_turns": 2}
+    forced_then_tied = {**record("b", 1.0, ["e1", "y2"]), "forced_turns": 1}
+    pairs, counts = make_pairs([forced_then_failed, forced_then_tied], expert, extra_turns=0, level="step")
+    assert counts == {"win": 0, "tie": 1, "lose": 1}
+    [pair] = pairs
+    assert pair["prompt"] == expert[0]["messages"][:6]  # system, task, e1, obs, e2, obs: the forced turns are prompt
+    assert pair["chosen"] == expert[0]["messages"][6:]  # e3
+    assert [m["content"][-2:] for m in pair["rejected"]] == ["x3"]  # cut to the chosen side's 1 turn + 0
+
+
+def test_self_play_pairs_the_best_sample_of_a_task_with_its_worst():
+    samples = [record("a", 0.3, ["m1"]), record("a", 1.0, ["b1"]), record("a", 0.0, ["w1"]),
+               record("b", 0.5, ["s1"]), record("b", 0.5, ["s2"])]
+    pairs, counts = make_pairs(*best_and_worst(samples))
+    assert counts == {"win": 0, "tie": 1, "lose": 1}  # task b: its samples score the same
+    [pair] = pairs
+    assert pair["chosen"][0]["content"].endswith("b1") and pair["rejected"][0]["content"].endswith("w1")
+    assert (pair["chosen_reward"], pair["rejected_reward"]) == (1.0, 0.0)
 
 
 def test_only_the_continuation_is_scored_when_the_prompt_holds_agent_turns():
@@ -161,7 +183,7 @@ def test_mean_std_table_over_seeds():
 def test_loop_rejects_an_unknown_method_in_one_line(tmp_path):
     done = subprocess.run([sys.executable, "loop.py", "--run", str(tmp_path / "r"), "--methods", "sft,dpo"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "unknown method 'dpo'; valid methods: sft, eto, bon, rft" in done.stderr
+    assert done.returncode == 2 and "unknown method 'dpo'; valid methods: sft, eto, bon, rft, self-play" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "r").exists()
 
 
@@ -217,3 +239,34 @@ def test_loop_baselines_best_of_n_and_rft_write_their_rows(tmp_path):
     assert (tmp_path / "run" / "results.md").read_text().startswith("mean +- std (population std) over seeds 0")
     rft_data = json.loads((tmp_path / "run" / "seed0" / "rft" / "model" / "args.json").read_text())["args"]["data"]
     assert rft_data[0].endswith("expert.jsonl")
+
+
+@pytest.mark.slow
+def test_loop_later_iterations_and_self_play(tmp_path):
+    run = tmp_path / "run"
+    command = LOOP[:2] + ["--run", str(run), "--methods", "sft,eto,self-play", "--train-limit", "8", "--eval-limit", "2",
+                          "--sft-epochs", "1", "--max-steps", "2", "--iterations", "2", "--dpo-epochs", "1",
+                          "--later-beta", "0.5", "--later-dpo-lr", "5e-7", "--no-control", "--self-play-demos", "4",
+                          "--self-play-epochs", "1", "--self-play-tasks", "3", "--self-play-samples", "2"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    settings = [json.loads((run / f"iter{i}" / "model" / "args.json").read_text())["args"] for i in (1, 2)]
+    assert [(a["beta"], a["lr"]) for a in settings] == [(1.0, 1e-4), (0.5, 5e-7)]
+    # the start model learns from 4 demos; with 2 steps per episode nothing succeeds, which is said, not hidden
+    sampled = (run / "self-play" / "rft-explore.jsonl").read_text().splitlines()
+    assert sorted({json.loads(line)["task_id"] for line in sampled}) == ["train-4", "train-5", "train-6"]
+    assert "self-play: the start model succeeded on no train task" in done.stdout
+    assert {r["stage"] for r in read_rows(run)} == {"sft", "eto-1", "eto-2", "self-play-start"}
+
+
+def test_plot_has_a_line_per_method_and_a_panel_per_split(tmp_path):
+    pytest.importorskip("matplotlib")
+    from loop import plot_point, plot_results
+    assert plot_point("eto-2") == [("ETO", 2)] and plot_point("sft-continued-1") == [("SFT continued (control)", 1)]
+    assert plot_point("self-play-rft-eto") == [("self-play", 2)] and plot_point("best-of-4")[0][1] == 0
+    rows = [{"stage": stage, "split": split, "avg_reward": reward, "seed": seed}
+            for stage, reward in [("sft", 60.0), ("eto-1", 65.0), ("rft", 62.0)] for seed in (0, 1)
+            for split in ("test_seen", "test_unseen")]
+    path = plot_results(rows, str(tmp_path / "results.png"))
+    assert path and (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob("*.tmp*"))

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import envs
-from explore import (INVALID_FORMAT, best_of_n, distinct_successes, make_expert_policy, make_generate_policy, parse_action, rollout,
-                     summarize)
+from explore import (INVALID_FORMAT, best_of_n, distinct_successes, make_expert_policy, make_forcing_policy,
+                     make_generate_policy, parse_action, rollout, step_prefixes, summarize)
 from sft import build_tiny_model, build_tiny_tokenizer
 from tests.conftest import ROOT
 
@@ -186,3 +186,24 @@ def test_distinct_successes_keep_one_per_task_and_action_sequence():
                rec("b", 1.0, ["x", "y"])]
     kept = distinct_successes(records)
     assert [(r["task_id"], r["messages"][-1]["content"][-1]) for r in kept] == [("a", "y"), ("a", "z"), ("b", "y")]
+
+
+def test_step_level_rollouts_replay_the_expert_prefix_then_the_agent_acts():
+    task_ids = ENV.task_ids("train")[:12]
+    expert = rollout("shop", [(t, 0) for t in task_ids], make_expert_policy(ENV))
+    prefixes = step_prefixes(expert, task_ids, seed=0)
+    assert prefixes == step_prefixes(expert, task_ids, seed=0)  # drawn from the seed
+    lengths = {t: sum(m["role"] == "assistant" for m in r["messages"]) for t, r in zip(task_ids, expert)}
+    assert all(1 <= len(prefixes[t]) <= lengths[t] - 1 for t in task_ids)
+    assert len({len(p) for p in prefixes.values()}) > 1  # t varies across tasks
+    asked = []
+    def agent(conversations, ids):  # buys at once, whatever the page
+        asked.extend(ids)
+        return [("Thought: done\nAction: click[buy now]", True)] * len(conversations)
+    records = rollout("shop", [(t, 0) for t in task_ids], make_forcing_policy(agent, prefixes), batch_size=5)
+    for record, expert_record in zip(records, expert):
+        forced = len(prefixes[record["task_id"]])
+        replies = [m["content"] for m in record["messages"] if m["role"] == "assistant"]
+        assert replies[:forced] == [m["content"] for m in expert_record["messages"] if m["role"] == "assistant"][:forced]
+        assert replies[forced].endswith("click[buy now]")
+    assert set(asked) == set(task_ids)  # the agent acted in every episode, and only after its forced turns
