@@ -4,6 +4,10 @@
     python explore.py --env shop --split train --model runs/demo/sft --out runs/demo/explore.jsonl \
         --temperature 1.0 --samples 2                                   # exploration (sampled)
     python explore.py --env shop --split test_unseen --model runs/demo/sft --out runs/demo/eval_sft.jsonl
+    python explore.py --env shop --split train --model runs/demo/sft --out runs/demo/explore.jsonl \
+        --pairs-with runs/demo/expert.jsonl --pairs-out runs/demo/pairs.jsonl --pair-level step
+    python explore.py --env shop --split train --model runs/demo/sft --out runs/demo/samples.jsonl \
+        --temperature 1.0 --samples 4 --pairs-within --pairs-out runs/demo/pairs.jsonl   # self-play pairs
 
 `--expert` plays the env's expert; `--model PATH` lets the agent act, greedily unless `--temperature`
 is above 0. Each turn, one `generate` call advances every unfinished episode of a batch (KV cache
@@ -12,7 +16,8 @@ none gets an invalid-format observation and still costs a step.
 
 Output: one JSON line per trajectory: task_id, env, split, sample, messages (system, user, assistant
 ...; observations are user turns starting "Observation: "), reward, success, steps, invalid_actions,
-stop ("done", "max_steps" or "context"), temperature, top_p, seed. The last line printed is a JSON
+stop ("done", "max_steps" or "context"), temperature, top_p, seed, and with --pair-level step or mixture
+forced_turns (the expert's turns replayed before the agent acted). The last line printed is a JSON
 summary: n, avg_reward (x100), success_rate (x100), invalid_action_rate.
 """
 import argparse

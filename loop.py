@@ -3,7 +3,8 @@
     python loop.py                                   # offline default: shop env, tiny model, CPU
     python loop.py --run runs/seed1 --seed 1 --iterations 3
     python loop.py --run runs/smol --model path/to/chat-model --sft-lr 1e-5 --sft-epochs 3 --dpo-lr 1e-6
-    python loop.py --run runs/report --methods sft,bon,rft,eto --seeds 0,1,2   # RUN/results.md, mean +- std
+    python loop.py --run runs/report --methods sft,bon,rft,eto,self-play --seeds 0,1,2   # results.md, .png
+    python loop.py --run runs/paper --iterations 2 --later-beta 0.5 --later-dpo-lr 5e-7 --pair-level trajectory
 
 Expert data -> SFT -> evaluation; then for each iteration i: explore the train tasks with the current
 policy -> failure/expert pairs -> DPO with reference = the current policy -> evaluation on test_seen
@@ -18,8 +19,11 @@ RUN/results.jsonl (one line per model and split) and the table is printed at the
 
 Baselines (--methods): `bon` samples N trajectories per test task from the SFT model and scores the
 best by env reward (the paper's Best-of-N, an oracle pick); `rft` samples the train tasks, keeps the
-distinct successes and fine-tunes the SFT model on expert + successes (rejection-sampling fine-tuning).
-With --seeds, each seed runs in RUN/seedS and RUN/results.md holds mean +- std over the seeds.
+distinct successes and fine-tunes the SFT model on expert + successes (rejection-sampling fine-tuning);
+`self-play` (paper 4.5) uses no expert data after its start model: RFT on its own samples' successes,
+then ETO with each task's best sample against its worst. With --seeds, each seed runs in RUN/seedS and
+RUN/results.md holds mean +- std over the seeds; RUN/results.png plots avg reward per training round
+per method (if matplotlib is installed: requirements-plot.txt).
 """
 import argparse
 import json
@@ -104,11 +108,11 @@ def parse_args():
     parser.add_argument("--rft-samples", type=int, default=4, help="RFT: samples per train task (temperature 1)")
     parser.add_argument("--rft-epochs", type=int, default=2, help="RFT: epochs on expert + successes")
     parser.add_argument("--rft-lr", type=float, default=1e-3)
-    parser.add_argument("--self-play-demos", type=int, default=100,
+    parser.add_argument("--self-play-demos", type=int, default=200,
                         help="self-play: expert trajectories that teach a from-scratch model the format (0: start "
                              "from --model as it is, for a chat model)")
     parser.add_argument("--self-play-epochs", type=int, default=40, help="self-play: epochs on the demos")
-    parser.add_argument("--self-play-tasks", type=int, default=200, help="self-play: train tasks sampled")
+    parser.add_argument("--self-play-tasks", type=int, default=400, help="self-play: train tasks sampled")
     parser.add_argument("--self-play-samples", type=int, default=4, help="self-play: samples per train task (T = 1)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args()
@@ -210,7 +214,7 @@ def run_seed(args, run, seed_value):
     # it first learns the format from --self-play-demos expert trajectories.
     if "self-play" in args.method_list:
         folder = os.path.join(run, "self-play")
-        start_dir = args.model
+        start_dir, demos = args.model, None
         if args.self_play_demos:
             demos, start_dir = os.path.join(folder, "demos.jsonl"), os.path.join(folder, "start")
             run_stage(["explore.py", "--env", args.env, "--split", "train", "--expert", "--out", demos,
@@ -229,9 +233,10 @@ def run_seed(args, run, seed_value):
         if not summary["successes"]:
             print("self-play: the start model succeeded on no train task; nothing to fine-tune on", flush=True)
             return rows
-        rft_dir = os.path.join(folder, "rft")
-        run_stage(["sft.py", "--model", start_dir, "--data", successes, "--out", rft_dir, "--epochs",
-                   str(args.rft_epochs), "--lr", str(args.rft_lr), *seed], [rft_dir], os.path.join(rft_dir, "args.json"))
+        rft_dir = os.path.join(folder, "rft")  # as the rft baseline: the start's data + the successes
+        run_stage(["sft.py", "--model", start_dir, "--data", *([demos] if demos else []), successes, "--out", rft_dir,
+                   "--epochs", str(args.rft_epochs), "--lr", str(args.rft_lr), *seed], [rft_dir],
+                  os.path.join(rft_dir, "args.json"))
         evaluate("self-play-rft", rft_dir)
         sampled, pairs = os.path.join(folder, "eto-explore.jsonl"), os.path.join(folder, "pairs.jsonl")
         level = args.pair_level if args.pair_level in ("trajectory", "divergence") else "trajectory"  # no expert to force
