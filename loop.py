@@ -120,6 +120,8 @@ def parse_args():
     unknown = [m for m in args.method_list if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method {unknown[0]!r}; valid methods: {', '.join(METHODS)}")
+    if "self-play" in args.method_list and args.self_play_demos == 0 and args.model == "tiny":
+        raise ValueError("--self-play-demos 0 starts self-play from --model as it is; the tiny model needs demos")
     try:
         args.seed_list = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     except ValueError:
@@ -337,7 +339,8 @@ def main():
         os.replace(os.path.join(args.run, "results.md.tmp"), os.path.join(args.run, "results.md"))
         print(table)
     plot = plot_results(rows, os.path.join(args.run, "results.png"))
-    print(json.dumps({"stage": "loop", "run": args.run, "results": results, "plot": plot, "seconds": round(time.time() - started, 1)}))
+    print(json.dumps({"stage": "loop", "run": args.run, "results": results, "plot": plot,
+                      "seconds": round(time.time() - started, 1)}))
 
 
 if __name__ == "__main__":

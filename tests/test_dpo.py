@@ -187,6 +187,13 @@ def test_loop_rejects_an_unknown_method_in_one_line(tmp_path):
     assert "Traceback" not in done.stderr and not (tmp_path / "r").exists()
 
 
+def test_loop_self_play_without_demos_needs_a_chat_model(tmp_path):
+    done = subprocess.run([sys.executable, "loop.py", "--run", str(tmp_path / "r"), "--methods", "sft,self-play",
+                           "--self-play-demos", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "the tiny model needs demos" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "r").exists()
+
+
 LOOP = [sys.executable, "loop.py", "--train-limit", "8", "--eval-limit", "2", "--sft-epochs", "1", "--iterations", "1",
         "--dpo-epochs", "1", "--max-steps", "2"]
 
