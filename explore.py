@@ -337,7 +337,10 @@ def main():
     started = time.time()
     set_seed(args.seed)
     env = envs.make(args.env)
-    task_ids = env.task_ids(envs.check_split(args.split))[args.skip:][:args.limit]
+    split_task_ids = env.task_ids(envs.check_split(args.split))
+    task_ids = split_task_ids[args.skip:][:args.limit]
+    if not task_ids:
+        raise InputError(f"--skip {args.skip} leaves no task: split {args.split!r} has {len(split_task_ids)}")
     if expert_records is not None:  # fail now, not after minutes of rollouts
         missing = sorted(set(task_ids) - {record["task_id"] for record in expert_records})
         if missing:
@@ -360,7 +363,8 @@ def main():
     for record in records:
         record.update({"env": args.env, "split": args.split, "success": record["reward"] >= 1.0,
                        "seed": args.seed, "policy": "expert" if args.expert else args.model, **settings})
-    summary = {"stage": "explore", "out": args.out, **summarize(records)}
+    summary = {"stage": "explore", "out": args.out, **summarize(records),  # step episodes count in it too
+               "forced_episodes": sum(record.get("forced_turns", 0) > 0 for record in records)}
     if args.samples > 1:  # Best-of-N: scored by env reward, as the paper's baseline (an oracle pick)
         summary["best_of_n"] = {"n": args.samples, **best_of_n(records)}
     if args.pairs_out:

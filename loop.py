@@ -22,8 +22,8 @@ best by env reward (the paper's Best-of-N, an oracle pick); `rft` samples the tr
 distinct successes and fine-tunes the SFT model on expert + successes (rejection-sampling fine-tuning);
 `self-play` (paper 4.5) uses no expert data after its start model: RFT on its own samples' successes,
 then ETO with each task's best sample against its worst. With --seeds, each seed runs in RUN/seedS and
-RUN/results.md holds mean +- std over the seeds; RUN/results.png plots avg reward per training round
-per method (if matplotlib is installed: requirements-plot.txt).
+RUN/results.md holds mean +- std over the seeds. Every run writes RUN/results.png: avg reward per
+training round per method (if matplotlib is installed: requirements-plot.txt).
 """
 import argparse
 import json
@@ -120,6 +120,9 @@ def parse_args():
     unknown = [m for m in args.method_list if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method {unknown[0]!r}; valid methods: {', '.join(METHODS)}")
+    if min(args.self_play_tasks, args.self_play_samples - 1, args.self_play_epochs, args.self_play_demos + 1) < 1:
+        raise ValueError("--self-play-tasks and --self-play-epochs must be at least 1, --self-play-samples at least 2, "
+                         "--self-play-demos at least 0")
     if "self-play" in args.method_list and args.self_play_demos == 0 and args.model == "tiny":
         raise ValueError("--self-play-demos 0 starts self-play from --model as it is; the tiny model needs demos")
     try:

@@ -120,6 +120,7 @@ def test_cli_expert_sft_eval(tmp_path):
     (["--env", "webshop", "--expert"], "unknown env 'webshop'; valid envs: scienceworld, shop"),
     (["--split", "valid", "--expert"], "unknown split 'valid'; valid splits: train, test_seen, test_unseen, dev"),
     (["--model", "no/such/folder"], "cannot load model 'no/such/folder'"),
+    (["--expert", "--skip", "1000"], "--skip 1000 leaves no task: split 'train' has 1000"),
     (["--expert", "--pair-level", "step"], "--pair-level step teacher-forces the expert: it needs --pairs-with"),
     (["--expert", "--pairs-within", "--pairs-out", "p.jsonl"], "--pairs-within needs --pairs-out and --samples > 1"),
 ])
