@@ -1,15 +1,18 @@
 """Stage 4 of ETO: DPO on failure/expert trajectory pairs (paper Eq. 11), written from scratch.
 
-    python explore.py --env shop --split train --model runs/demo/sft --out runs/demo/iter1/explore.jsonl \
-        --pairs-with runs/demo/expert.jsonl --pairs-out runs/demo/iter1/pairs.jsonl
+    python explore.py --env shop --split train --model runs/demo/sft --out runs/demo/iter1/explore.jsonl
+    python pairs.py --explored runs/demo/iter1/explore.jsonl --expert runs/demo/expert.jsonl \
+        --out runs/demo/iter1/pairs.jsonl
     python dpo.py --model runs/demo/sft --pairs runs/demo/iter1/pairs.jsonl --out runs/demo/iter1/model
     python dpo.py --model runs/demo/sft --pairs runs/demo/iter1/pairs.jsonl --out runs/demo/control \
         --dpo-weight 0 --sft-weight 1     # the control: same chosen data and steps, no preference signal
 
 A trajectory's log-prob is the SUM of log p over the agent's tokens of the whole multi-turn
-continuation (observations inside it are masked, with sft.py's `tokenize_conversation`); the reference
-policy is the starting checkpoint, frozen, and its log-probs are computed once before training, so no
-second model sits in memory. The output is a `save_pretrained` folder with args.json.
+continuation (observations inside it are masked, with common.py's `tokenize_conversation`); the
+reference policy is the starting checkpoint, frozen, and its log-probs are computed once before
+training, so no second model sits in memory. Dropout is off throughout (as in the DPO reference code):
+the reference and the policy then score a pair alike, and the first step's loss is exactly log 2.
+The output is a `save_pretrained` folder with args.json.
 """
 import argparse
 import json
@@ -22,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from sft import (InputError, add_system_flags, load_model, read_jsonl, run_main, save_model_atomically, sequence_logps,
-                 set_seed, stop_if_diverged, tokenize_conversation)
+from common import (InputError, add_system_flags, check_messages, load_model, read_jsonl, run_main,
+                    save_model_atomically, sequence_logps, set_seed, stop_if_diverged, tokenize_conversation)
 
 
 LOSSES = ("sigmoid", "ipo", "hinge")
@@ -41,6 +44,8 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
     """
     if loss_type not in LOSSES:
         raise InputError(f"unknown loss {loss_type!r}; valid losses: {', '.join(LOSSES)}")
+    if label_smoothing and loss_type != "sigmoid":
+        raise InputError(f"label smoothing is conservative DPO's (sigmoid); the {loss_type} loss has none")
     chosen_logratios = policy_chosen_logps - reference_chosen_logps
     rejected_logratios = policy_rejected_logps - reference_rejected_logps
     h = chosen_logratios - rejected_logratios
@@ -63,24 +68,62 @@ def tokenize_pair(tokenizer, pair):
     return chosen + rejected
 
 
+def check_pair(pair, where):
+    check_messages(pair["prompt"], f"{where}: prompt")
+    for side in ("chosen", "rejected"):  # a continuation follows its prompt and ends on the agent's turn
+        check_messages(pair[side], f"{where}: {side}", after=pair["prompt"][-1]["role"])
+        if pair[side][-1]["role"] != "assistant":
+            raise InputError(f"{where}: {side} must end with an assistant turn")
+
+
 @torch.no_grad()
 def reference_logps(model, examples, device, average, batch_size=16):
     """The frozen reference's (chosen, rejected) log-probs, computed once before training."""
-    model.eval()
     chosen, rejected = [], []
     for i in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", leave=False):
         batch = examples[i:i + batch_size]
         chosen.append(sequence_logps(model, [(e[0], e[1]) for e in batch], device, average)[0])
         rejected.append(sequence_logps(model, [(e[2], e[3]) for e in batch], device, average)[0])
-    model.train()
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def main():
+def accumulate_step(model, examples, step_indices, reference, args):
+    """Forward and backward over one optimizer step's pairs, micro-batch by micro-batch; the gradient is
+    that of the mean loss over the step's pairs, however they are split. Returns the step's metrics."""
+    ref_chosen, ref_rejected = reference
+    metrics = {"loss": 0.0, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/accuracies": 0.0,
+               "logps/chosen": 0.0, "logps/rejected": 0.0, "nll/chosen": 0.0}
+    for start in range(0, len(step_indices), args.micro_batch_size):
+        micro = step_indices[start:start + args.micro_batch_size]
+        batch = [examples[i] for i in micro]
+        chosen_logps, counts = sequence_logps(model, [(e[0], e[1]) for e in batch], args.device, args.average_logps)
+        with torch.set_grad_enabled(args.dpo_weight != 0):  # the NLL-only control just watches this side
+            rejected_logps, _ = sequence_logps(model, [(e[2], e[3]) for e in batch], args.device, args.average_logps)
+        losses, chosen_rewards, rejected_rewards = dpo_loss(
+            chosen_logps, rejected_logps, ref_chosen[micro], ref_rejected[micro], args.beta, args.loss,
+            args.label_smoothing)
+        # NLL on chosen per agent token (the control's term; IPR adds it to DPO)
+        nll = -(chosen_logps if args.average_logps else chosen_logps / counts)
+        loss = (args.dpo_weight * losses + args.sft_weight * nll).sum() / len(step_indices)
+        loss.backward()
+        share = len(batch) / len(step_indices)
+        metrics["loss"] += loss.item()
+        metrics["nll/chosen"] += nll.mean().item() * share
+        metrics["rewards/chosen"] += chosen_rewards.mean().item() * share
+        metrics["rewards/rejected"] += rejected_rewards.mean().item() * share
+        metrics["rewards/accuracies"] += (chosen_rewards > rejected_rewards).float().mean().item() * share
+        metrics["logps/chosen"] += chosen_logps.mean().item() * share
+        metrics["logps/rejected"] += rejected_logps.mean().item() * share
+    metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+    return metrics
+
+
+
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # data and model
     parser.add_argument("--model", required=True, help="the starting policy, also the frozen reference")
-    parser.add_argument("--pairs", required=True, help="pairs JSONL: prompt, chosen, rejected (from explore.py)")
+    parser.add_argument("--pairs", required=True, help="pairs JSONL: prompt, chosen, rejected (from pairs.py)")
     parser.add_argument("--out", required=True, help="output folder (save_pretrained format)")
     parser.add_argument("--max-length", type=int, default=1024, help="tokens per sequence; longer ones are cut")
     # the objective
@@ -97,18 +140,21 @@ def main():
     parser.add_argument("--micro-batch-size", type=int, default=8, help="pairs per forward pass")
     parser.add_argument("--warmup-ratio", type=float, default=0.1, help="then constant, as the authors' script")
     add_system_flags(parser)
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
     if args.batch_size % args.micro_batch_size:
         raise InputError("--batch-size must be a multiple of --micro-batch-size")
+    if args.label_smoothing and args.loss != "sigmoid":
+        raise InputError(f"--label-smoothing is conservative DPO's (sigmoid); --loss {args.loss} has none")
 
     started = time.time()
     set_seed(args.seed)
-    pairs = read_jsonl(args.pairs, required=("prompt", "chosen", "rejected"))  # before loading any model
-    for line_no, pair in enumerate(pairs, 1):
-        for side in ("chosen", "rejected"):
-            if pair[side][-1]["role"] != "assistant":
-                raise InputError(f"{args.pairs}:{line_no}: {side} must end with an assistant turn")
+    pairs = read_jsonl(args.pairs, ("prompt", "chosen", "rejected"), check_pair)  # before loading any model
     model, tokenizer = load_model(args.model, args.device, args.dtype)
+    model.eval()  # dropout off, for the reference pass and every training pass alike
 
     examples, skipped, truncated = [], 0, 0
     for pair in tqdm(pairs, desc="tokenize", leave=False):
@@ -121,66 +167,36 @@ def main():
         examples.append(example)
     if not examples:
         raise InputError(f"{args.pairs}: no pair keeps a trainable token on both sides at --max-length {args.max_length}")
-    ref_chosen, ref_rejected = reference_logps(model, examples, args.device, args.average_logps)
+    reference = reference_logps(model, examples, args.device, args.average_logps)
 
     rng = random.Random(args.seed)
-    accumulation = args.batch_size // args.micro_batch_size
     total_steps = math.ceil(len(examples) / args.batch_size) * args.epochs
     warmup = max(1, int(args.warmup_ratio * total_steps))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    print(f"dpo: {len(examples)} pairs ({skipped} skipped, {truncated} truncated), {total_steps} steps, beta {args.beta}, lr {args.lr}",
-          file=sys.stderr)
+    print(f"dpo: {len(examples)} pairs ({skipped} skipped, {truncated} truncated), {total_steps} steps, beta {args.beta}, "
+          f"lr {args.lr}", file=sys.stderr)
 
-    model.train()
     history, progress = [], tqdm(total=total_steps, desc="dpo", leave=False)
     for epoch in range(1, args.epochs + 1):
         order = list(range(len(examples)))
         rng.shuffle(order)
         for start in range(0, len(order), args.batch_size):
-            step_indices = order[start:start + args.batch_size]
-            metrics = {"loss": 0.0, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/accuracies": 0.0,
-                       "logps/chosen": 0.0, "logps/rejected": 0.0, "nll/chosen": 0.0}
-            for k in range(accumulation):
-                micro = step_indices[k * args.micro_batch_size:(k + 1) * args.micro_batch_size]
-                if not micro:
-                    break
-                batch = [examples[i] for i in micro]
-                chosen_logps, counts = sequence_logps(model, [(e[0], e[1]) for e in batch], args.device,
-                                                      args.average_logps)
-                with torch.set_grad_enabled(args.dpo_weight != 0):  # the NLL-only control just watches this side
-                    rejected_logps, _ = sequence_logps(model, [(e[2], e[3]) for e in batch], args.device,
-                                                       args.average_logps)
-                losses, chosen_rewards, rejected_rewards = dpo_loss(
-                    chosen_logps, rejected_logps, ref_chosen[micro], ref_rejected[micro], args.beta, args.loss,
-                    args.label_smoothing)
-                # NLL on chosen per agent token (the control's term; IPR adds it to DPO)
-                nll = -(chosen_logps if args.average_logps else chosen_logps / counts)
-                loss = (args.dpo_weight * losses + args.sft_weight * nll).sum() / len(step_indices)
-                loss.backward()
-                share = len(batch) / len(step_indices)
-                metrics["loss"] += loss.item()
-                metrics["nll/chosen"] += nll.mean().item() * share
-                metrics["rewards/chosen"] += chosen_rewards.mean().item() * share
-                metrics["rewards/rejected"] += rejected_rewards.mean().item() * share
-                metrics["rewards/accuracies"] += (chosen_rewards > rejected_rewards).float().mean().item() * share
-                metrics["logps/chosen"] += chosen_logps.mean().item() * share
-                metrics["logps/rejected"] += rejected_logps.mean().item() * share
+            metrics = accumulate_step(model, examples, order[start:start + args.batch_size], reference, args)
             stop_if_diverged(metrics["loss"], model, tokenizer, args.out, {"args": vars(args), "history": history},
                              f"epoch {epoch} step {len(history) + 1}")
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
             history.append({"epoch": epoch, **{k: round(v, 4) for k, v in metrics.items()}})
             progress.update(1)
             progress.set_postfix(loss=f"{metrics['loss']:.3f}", margin=f"{metrics['rewards/margins']:.2f}")
     progress.close()
 
     last = history[-max(1, len(history) // 10):]  # the last tenth of steps, averaged
-    summary = {"stage": "dpo", "out": args.out, "pairs": len(examples), "skipped": skipped, "truncated": truncated, "steps": len(history),
-               **{k: round(sum(h[k] for h in last) / len(last), 4) for k in history[-1] if k != "epoch"},
+    summary = {"stage": "dpo", "out": args.out, "pairs": len(examples), "skipped": skipped, "truncated": truncated,
+               "steps": len(history), **{k: round(sum(h[k] for h in last) / len(last), 4) for k in history[-1] if k != "epoch"},
                "seconds": round(time.time() - started, 1)}
     save_model_atomically(model, tokenizer, args.out, {"args": vars(args), "history": history, "summary": summary})
     print(json.dumps(summary))

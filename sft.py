@@ -11,149 +11,27 @@
 chat template, and a ~2M-parameter Llama-style model from a config. Any other value is loaded with
 `from_pretrained` (a local folder; nothing is downloaded unless you allow it). Both take the same
 chat-template path. The output is a `save_pretrained` folder (safetensors) with `args.json`.
-
-This file also holds what later stages share: JSONL reading/writing, model loading and
-`tokenize_conversation`, the per-turn loss mask.
+Shared plumbing (JSONL, model loading, the per-turn loss mask `tokenize_conversation`) is in common.py.
 """
 import argparse
 import json
 import math
-import os
 import random
-import shutil
 import sys
 import time
 
 import torch
 from tqdm import tqdm
 
+from common import (InputError, add_system_flags, check_messages, load_model, read_jsonl, run_main,
+                    save_model_atomically, sequence_logps, set_seed, stop_if_diverged, tokenize_conversation)
+
 TINY_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-class InputError(Exception):
-    """A problem the user must fix (bad input, a diverged run): printed as one line, exit status 2."""
-
-
-# ---- files ----------------------------------------------------------------------------------------
-def read_jsonl(path, required=("messages",)):
-    """Records of a JSONL file; a missing file, bad JSON or a missing field is an InputError naming the line."""
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise InputError(f"{path}:{line_no}: expected a JSON object")
-            for field in required:
-                if field not in record:
-                    raise InputError(f"{path}:{line_no}: missing field {field!r}")
-            for field in ("messages", "prompt", "chosen", "rejected"):
-                if field in required:
-                    after = record["prompt"][-1].get("role") if field in ("chosen", "rejected") else None
-                    check_messages(record[field], f"{path}:{line_no}: {field}", after)
-            records.append(record)
-    if not records:
-        raise InputError(f"{path}: the file holds no records")
-    return records
-
-
-def check_messages(messages, where, after=None):
-    """A list of {role, content}: a system message only first, then user and assistant in turn.
-
-    `after` is the role of the message before this list (a pair's continuation follows its prompt)."""
-    if not isinstance(messages, list) or not messages:
-        raise InputError(f"{where} must be a non-empty list of messages")
-    previous = after
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str) \
-                or message.get("role") not in ("system", "user", "assistant"):
-            raise InputError(f"{where}: message {i} needs a role (system/user/assistant) and a string content")
-        role = message["role"]
-        if (role == "system" and previous is not None) or (role != "system" and role == previous) \
-                or (role == "assistant" and previous in (None, "system")):
-            raise InputError(f"{where}: message {i} ({role}) is out of order; expected [system], user, "
-                             f"assistant, user, ... in turn")
-        previous = role
-
-
-def write_jsonl(path, records):
-    """Write atomically: a temp file renamed into place, so a crash never leaves a partial file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def write_json(path, obj):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
-def save_model_atomically(model, tokenizer, out, args_record):
-    """save_pretrained into a temp folder, then swap it in: an earlier good folder survives a crash."""
-    tmp, old = f"{out.rstrip('/')}.tmp{os.getpid()}", f"{out.rstrip('/')}.old{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    write_json(os.path.join(tmp, "args.json"), args_record)
-    if os.path.exists(out):
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def stop_if_diverged(loss, model, tokenizer, out, args_record, where):
-    """A nan/inf loss stops training. Its step has not been applied yet, so the weights are still the
-    last good ones: they go to OUT.last-good, and OUT itself is not written (nothing looks complete)."""
-    if math.isfinite(loss):
-        return
-    rescue = f"{out.rstrip('/')}.last-good"
-    if all(torch.isfinite(p).all() for p in model.parameters()):
-        save_model_atomically(model, tokenizer, rescue, {**args_record, "diverged_at": where})
-        kept = f"the weights before that step are in {rescue}"
-    else:
-        kept = "the weights are no longer finite, so none were kept"
-    raise InputError(f"loss became {loss} at {where}; stopped, {out} not written; {kept}; try a lower --lr")
-
-
-def set_seed(seed):
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def add_system_flags(parser):
-    """The flags every stage shares: seed, device, dtype, debug."""
-    group = parser.add_argument_group("system")
-    group.add_argument("--seed", type=int, default=0, help="seeds python and torch; recorded in every output")
-    group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    group.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
-    group.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-
-
-def run_main(main):
-    """Run a stage's main(): an InputError (or ValueError from an env) is one line on stderr, exit 2."""
-    try:
-        main()
-    except (InputError, ValueError) as e:
-        if "--debug" in sys.argv:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-# ---- model and tokenizer --------------------------------------------------------------------------
+# ---- the tiny model: built offline, from a config ---------------------------------------------------
 def build_tiny_tokenizer(texts, vocab_size=1024):
     """Byte-level BPE trained on `texts`, with a ChatML template; pad is its own token (not eos)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -181,92 +59,10 @@ def build_tiny_model(tokenizer, hidden=192, layers=4, heads=4, context=1024):
     return model
 
 
-def load_model(path, device="cpu", dtype="auto"):
-    """A causal LM and its tokenizer from a local folder (or a hub id if you are online)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    if dtype == "auto":  # fp32 on CPU: bf16 matmuls are slow there; bf16 on GPU, as 7B runs need
-        dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        # safetensors only (no pickle), and never trust_remote_code: a model folder cannot run code here
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), use_safetensors=True)
-    except OSError as e:
-        raise InputError(f"cannot load model {path!r}: {str(e).splitlines()[0]}") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.chat_template is None:
-        raise InputError(f"model {path!r} has no chat template; use a chat model or --model tiny")
-    return model.to(device), tokenizer
 
-
-def end_of_turn_token(tokenizer):
-    """The special token the chat template puts after an assistant turn (<|im_end|>, <|eot_id|>, </s>...)."""
-    probe = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "MARK"}],
-                                          tokenize=False)
-    after = probe[probe.rindex("MARK") + 4:].lstrip()
-    for token in sorted(tokenizer.all_special_tokens, key=len, reverse=True):
-        if token and after.startswith(token):
-            return token
-    return tokenizer.eos_token
-
-
-# ---- the loss mask --------------------------------------------------------------------------------
-def tokenize_conversation(tokenizer, messages, max_length=None, train_from=0):
-    """(input_ids, loss_mask) of a conversation rendered with the tokenizer's chat template.
-
-    The ids are the tokenization of the whole rendered text, so they match what the model sees at
-    generation time. The mask is 1 on each assistant turn's content and its end-of-turn token, and 0
-    elsewhere (system, user/observation turns, template markup, and assistant turns before message
-    `train_from`: a pair's prompt may hold earlier turns). It is built from character positions,
-    never from token ids: in many chat tokenizers pad == eos, and masking by id would hide the
-    end-of-turn token the model must learn to stop on.
-    """
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    eot = end_of_turn_token(tokenizer)
-    spans, cursor = [], 0
-    for index, message in enumerate(messages):  # find each content in order, so an earlier copy cannot match
-        content = message["content"].strip()
-        start = text.find(content, cursor)
-        if start < 0:
-            if message["role"] == "assistant":
-                raise ValueError(f"assistant content not found in the rendered chat: {content[:60]!r}")
-            continue  # e.g. a template that drops the system message
-        end = start + len(content)
-        if message["role"] == "assistant":
-            eot_at = text.find(eot, end)
-            if eot_at >= 0 and not text[end:eot_at].strip():  # only whitespace between content and eot
-                end = eot_at + len(eot)
-            if index >= train_from:
-                spans.append((start, end))
-        cursor = end
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    input_ids, loss_mask = encoding["input_ids"], []
-    for token_start, token_end in encoding["offset_mapping"]:
-        loss_mask.append(int(any(token_start < end and token_end > start for start, end in spans)))
-    if max_length is not None:
-        input_ids, loss_mask = input_ids[:max_length], loss_mask[:max_length]
-    return input_ids, loss_mask
-
-
-def pad_batch(sequences, pad_value):
-    width = max(len(s) for s in sequences)
-    return torch.tensor([list(s) + [pad_value] * (width - len(s)) for s in sequences])
-
-
-def token_logps(model, input_ids, attention_mask):
-    """log p(token_t | tokens_<t) for t = 1..T-1, shape (B, T-1)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-    return torch.gather(logits.log_softmax(-1), 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-
-
-def sequence_logps(model, sequences, device, average=False):
-    """Per sequence of (ids, mask): the sum (or mean) of log p over its masked tokens, and their count; (B,) each."""
-    ids = pad_batch([ids for ids, _ in sequences], 0).to(device)
-    mask = pad_batch([mask for _, mask in sequences], 0).to(device)[:, 1:].float()
-    attention = pad_batch([[1] * len(ids) for ids, _ in sequences], 0).to(device)
-    logps = (token_logps(model, ids, attention) * mask).sum(-1)
-    counts = mask.sum(-1)
-    return (logps / counts if average else logps), counts
+# ---- SFT: NLL on the agent's tokens ----------------------------------------------------------------
+def check_trajectory(record, where):
+    check_messages(record["messages"], f"{where}: messages")
 
 
 def masked_nll(model, batch, device):
@@ -336,7 +132,8 @@ def main():
 
     started = time.time()
     set_seed(args.seed)
-    trajectories = [t for path in args.data for t in read_jsonl(path)]  # checked before any model is built
+    # every file is checked before any model is built
+    trajectories = [t for path in args.data for t in read_jsonl(path, check=check_trajectory)]
     if args.model == "tiny":
         texts = [m["content"] for t in trajectories for m in t["messages"]] + ["system user assistant"]
         tokenizer = build_tiny_tokenizer(texts, args.tiny_vocab)

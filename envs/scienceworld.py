@@ -9,9 +9,9 @@ Choices, as in the paper and its authors' setup unless said otherwise:
   tasks, the two Mendelian-genetics tasks and measure-melting-point-unknown-substance.
 - Splits: `train` = ScienceWorld's training variations, `test_seen` = its dev variations,
   `test_unseen` = its test variations. Like the paper (1483 / 194 / 241 tasks) we use a subset: at most
-  62 train, 8 dev and 10 test variations per task type, evenly spaced over each list. `dev` (for choosing
+  100 train, 8 dev and 10 test variations per task type (PER_TYPE), evenly spaced over each list. `dev` (for choosing
   settings) takes up to 8 further training variations per type that `train` does not use. Sizes with
-  scienceworld 1.2.3: train 1268, test_seen 159, test_unseen 200, dev 142 (types with few variations
+  scienceworld 1.2.3: train 1248, test_seen 171, test_unseen 211, dev 64 (types with few variations
   give fewer). A task id is "<task type>-<variation>", e.g. "find-animal-12".
 - The "easy" simplification (teleport, open doors, self-watering pots, no electrical actions).
 - Max steps per task type, 10-120, the values of the authors' setup (MAX_STEPS below), raised for a

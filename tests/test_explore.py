@@ -1,6 +1,5 @@
 """The rollout loop: action parsing, invalid-format feedback, batched == one-by-one greedy, the CLI."""
 import json
-import os
 import subprocess
 import sys
 
@@ -8,8 +7,9 @@ import pytest
 import torch
 
 import envs
-from explore import (INVALID_FORMAT, best_of_n, distinct_successes, make_expert_policy, make_forcing_policy,
-                     make_generate_policy, parse_action, rollout, step_prefixes, summarize)
+from experiments import best_of_n, distinct_successes
+from explore import (INVALID_FORMAT, make_expert_policy, make_forcing_policy, make_generate_policy, parse_action,
+                     rollout, step_prefixes, summarize)
 from sft import build_tiny_model, build_tiny_tokenizer
 from tests.conftest import ROOT
 
@@ -121,8 +121,9 @@ def test_cli_expert_sft_eval(tmp_path):
     (["--split", "valid", "--expert"], "unknown split 'valid'; valid splits: train, test_seen, test_unseen, dev"),
     (["--model", "no/such/folder"], "cannot load model 'no/such/folder'"),
     (["--expert", "--skip", "1000"], "--skip 1000 leaves no task: split 'train' has 1000"),
-    (["--expert", "--pair-level", "step"], "--pair-level step teacher-forces the expert: it needs --pairs-with"),
-    (["--expert", "--pairs-within", "--pairs-out", "p.jsonl"], "--pairs-within needs --pairs-out and --samples > 1"),
+    (["--expert", "--teacher-force", "e.jsonl"], "--teacher-force replays the expert before the agent acts"),
+    (["--expert", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--model", "m", "--samples", "2"], "--samples > 1 needs --temperature > 0"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, args, message):
     out = tmp_path / "x.jsonl"
@@ -153,15 +154,20 @@ def test_bad_training_files_fail_in_one_line_before_any_model_loads(tmp_path, sc
     assert not (tmp_path / "out").exists()
 
 
-def test_pairs_with_an_expert_file_missing_tasks_fails_before_any_rollout(tmp_path):
+def test_an_expert_file_missing_tasks_fails_before_any_rollout_or_pairing(tmp_path):
     expert = tmp_path / "expert.jsonl"
     done = run("explore.py", "--expert", "--limit", "3", "--out", str(expert))
     assert done.returncode == 0, done.stderr
     out = tmp_path / "explore.jsonl"
-    done = run("explore.py", "--expert", "--limit", "5", "--out", str(out), "--pairs-with", str(expert),
-               "--pairs-out", str(tmp_path / "pairs.jsonl"))
+    done = run("explore.py", "--model", "no/such/model", "--limit", "5", "--out", str(out), "--teacher-force", str(expert))
     assert done.returncode == 2 and "no expert trajectory for 2 tasks, e.g. 'train-3'" in done.stderr
     assert not out.exists()
+    done = run("explore.py", "--expert", "--limit", "5", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    pairs = tmp_path / "pairs.jsonl"
+    done = run("pairs.py", "--explored", str(out), "--expert", str(expert), "--out", str(pairs))
+    assert done.returncode == 2 and "no expert trajectory for 2 tasks, e.g. 'train-3'" in done.stderr
+    assert not pairs.exists() and "Traceback" not in done.stderr
 
 
 def test_an_episode_that_outgrows_the_context_ends_alone():
@@ -195,13 +201,13 @@ def test_step_level_rollouts_replay_the_expert_prefix_then_the_agent_acts():
     task_ids = ENV.task_ids("train")[:12]
     expert = rollout("shop", [(t, 0) for t in task_ids], make_expert_policy(ENV))
     prefixes = step_prefixes(expert, task_ids, seed=0)
-    assert prefixes == step_prefixes(expert, task_ids, seed=0)  # drawn from the seed
+    assert prefixes != step_prefixes(expert, task_ids, seed=1)  # t is drawn from the seed
     lengths = {t: sum(m["role"] == "assistant" for m in r["messages"]) for t, r in zip(task_ids, expert)}
     assert all(1 <= len(prefixes[t]) <= lengths[t] - 1 for t in task_ids)
     assert len({len(p) for p in prefixes.values()}) > 1  # t varies across tasks
-    asked = []
+    asked = []  # (task, replies already in the conversation) at each call of the agent
     def agent(conversations, ids):  # buys at once, whatever the page
-        asked.extend(ids)
+        asked.extend((task_id, sum(m["role"] == "assistant" for m in c)) for task_id, c in zip(ids, conversations))
         return [("Thought: done\nAction: click[buy now]", True)] * len(conversations)
     records = rollout("shop", [(t, 0) for t in task_ids], make_forcing_policy(agent, prefixes), batch_size=5)
     for record, expert_record in zip(records, expert):
@@ -209,4 +215,8 @@ def test_step_level_rollouts_replay_the_expert_prefix_then_the_agent_acts():
         replies = [m["content"] for m in record["messages"] if m["role"] == "assistant"]
         assert replies[:forced] == [m["content"] for m in expert_record["messages"] if m["role"] == "assistant"][:forced]
         assert replies[forced].endswith("click[buy now]")
-    assert set(asked) == set(task_ids)  # the agent acted in every episode, and only after its forced turns
+    # the agent acted in every episode, and first when its forced turns were done (never before)
+    first_turn = {}
+    for task_id, turn in asked:
+        first_turn[task_id] = min(turn, first_turn.get(task_id, turn))
+    assert first_turn == {t: len(prefixes[t]) for t in task_ids}

@@ -1,7 +1,5 @@
 """Loss masking (tiny tokenizer and real-model-style templates where pad == eos) and a tiny SFT run."""
 import json
-import os
-import subprocess
 import sys
 
 import pytest
@@ -10,8 +8,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 import envs
-from sft import build_tiny_model, build_tiny_tokenizer, masked_nll, tokenize_conversation
-from tests.conftest import ROOT
+from common import tokenize_conversation
+from sft import build_tiny_model, build_tiny_tokenizer, masked_nll
 
 ENV = envs.make("shop")
 
@@ -158,3 +156,34 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_weights(tmp_path, mon
     weights = load_file(str(tmp_path / "sft.last-good" / "model.safetensors"))
     assert weights and all(torch.isfinite(w).all() for w in weights.values())
     assert json.loads((tmp_path / "sft.last-good" / "args.json").read_text())["diverged_at"] == "epoch 1 step 3"
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+@pytest.mark.parametrize("reply", ["", "i", "st", "assistant", "user", "Observation: a copy", "Thought: t\nAction: click[x]"])
+def test_any_reply_masks_exactly_its_own_tokens_and_end_of_turn(name, reply):
+    # replies a search would find in the wrong place: empty, one letter, a piece of the markup, a role
+    # name, a copy of the turn before. Rendered last, a reply's tokens are the end of the rendering.
+    tokenizer = TOKENIZERS[name]()
+    messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": "Observation: a copy st i"},
+                {"role": "assistant", "content": "Thought: t\nAction: click[x]"},
+                {"role": "user", "content": reply or "Observation: a copy"}, {"role": "assistant", "content": reply}]
+    ids, mask = tokenize_conversation(tokenizer, messages, train_from=4)
+    without = tokenizer(tokenizer.apply_chat_template(messages[:4], tokenize=False, add_generation_prompt=True),
+                        add_special_tokens=False)["input_ids"]
+    assert mask[:len(without)] == [0] * len(without)  # nothing before the reply's generation prompt ends
+    masked = [i for i, bit in zip(ids, mask) if bit]
+    eot = tokenizer.convert_tokens_to_ids({"tiny": "<|im_end|>", "chatml pad==eos": "<|im_end|>",
+                                           "llama3 pad==eos": "<|eot_id|>", "llama2 pad==eos": "</s>"}[name])
+    assert masked[-1] == eot and tokenizer.decode(masked[:-1]).strip() == reply
+    first = mask.index(1)
+    assert all(mask[first:first + sum(mask)])  # one unbroken run
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused_in_one_line():
+    from common import InputError
+    tokenizer = TOKENIZERS["tiny"]()  # a template that shows only the last assistant turn
+    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] != 'assistant' or loop.last %}<|im_start|>"
+                               "{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+                               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    with pytest.raises(InputError, match="does not render a conversation as its turns one after another"):
+        tokenize_conversation(tokenizer, CONVERSATIONS[0])

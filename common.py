@@ -1,0 +1,217 @@
+"""What every stage shares: one-line errors, JSONL in and out, atomic saves, model loading, and the
+per-turn loss mask with the log-probs it selects. Nothing here is one stage's own work."""
+import json
+import math
+import os
+import random
+import shutil
+import sys
+
+import torch
+
+
+class InputError(Exception):
+    """A problem the user must fix (bad input, a diverged run): printed as one line, exit status 2."""
+
+
+def run_main(main):
+    """Run a stage's main(): an InputError (or ValueError from an env) is one line on stderr, exit 2."""
+    try:
+        main()
+    except (InputError, ValueError) as e:
+        if "--debug" in sys.argv:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def add_system_flags(parser):
+    """The flags every stage shares: seed, device, dtype, debug."""
+    group = parser.add_argument_group("system")
+    group.add_argument("--seed", type=int, default=0, help="seeds python and torch; recorded in every output")
+    group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    group.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
+    group.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+
+
+def set_seed(seed):
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---- files: read with a line number for every problem, write by rename -----------------------------
+def read_jsonl(path, required=("messages",), check=None):
+    """Records of a JSONL file, each a dict holding the `required` fields and passing `check(record,
+    where)`. A missing file, bad JSON or a missing field is an InputError naming the file and line."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise InputError(f"{path}:{line_no}: expected a JSON object")
+            for field in required:
+                if field not in record:
+                    raise InputError(f"{path}:{line_no}: missing field {field!r}")
+            if check is not None:
+                check(record, f"{path}:{line_no}")
+            records.append(record)
+    if not records:
+        raise InputError(f"{path}: the file holds no records")
+    return records
+
+
+def check_messages(messages, where, after=None):
+    """A list of {role, content}: a system message only first, then user and assistant in turn.
+
+    `after` is the role of the message before this list (a pair's continuation follows its prompt)."""
+    if not isinstance(messages, list) or not messages:
+        raise InputError(f"{where} must be a non-empty list of messages")
+    previous = after
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str) \
+                or message.get("role") not in ("system", "user", "assistant"):
+            raise InputError(f"{where}: message {i} needs a role (system/user/assistant) and a string content")
+        role = message["role"]
+        system_late = role == "system" and previous is not None
+        repeated = role != "system" and role == previous
+        reply_first = role == "assistant" and previous in (None, "system")
+        if system_late or repeated or reply_first:
+            raise InputError(f"{where}: message {i} ({role}) is out of order; expected [system], user, "
+                             f"assistant, user, ... in turn")
+        previous = role
+
+
+def write_jsonl(path, records):
+    """Write atomically: a temp file renamed into place, so a crash never leaves a partial file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def save_model_atomically(model, tokenizer, out, args_record):
+    """save_pretrained into a temp folder, then swap it in: an earlier good folder survives a crash."""
+    tmp, old = f"{out.rstrip('/')}.tmp{os.getpid()}", f"{out.rstrip('/')}.old{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    write_json(os.path.join(tmp, "args.json"), args_record)
+    if os.path.exists(out):
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def stop_if_diverged(loss, model, tokenizer, out, args_record, where):
+    """A nan/inf loss stops training. Its step has not been applied yet, so the weights are still the
+    last good ones: they go to OUT.last-good, and OUT itself is not written (nothing looks complete)."""
+    if math.isfinite(loss):
+        return
+    rescue = f"{out.rstrip('/')}.last-good"
+    if all(torch.isfinite(p).all() for p in model.parameters()):
+        save_model_atomically(model, tokenizer, rescue, {**args_record, "diverged_at": where})
+        kept = f"the weights before that step are in {rescue}"
+    else:
+        kept = "the weights are no longer finite, so none were kept"
+    raise InputError(f"loss became {loss} at {where}; stopped, {out} not written; {kept}; try a lower --lr")
+
+
+# ---- models -----------------------------------------------------------------------------------------
+def load_model(path, device="cpu", dtype="auto"):
+    """A causal LM and its tokenizer from a local folder (or a hub id if you are online)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if dtype == "auto":  # fp32 on CPU: bf16 matmuls are slow there; bf16 on GPU, as 7B runs need
+        dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        # safetensors only (no pickle), and never trust_remote_code: a model folder cannot run code here
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), use_safetensors=True)
+    except OSError as e:
+        raise InputError(f"cannot load model {path!r}: {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise InputError(f"model {path!r} has no chat template; use a chat model or --model tiny")
+    return model.to(device), tokenizer
+
+
+def end_of_turn_token(tokenizer):
+    """The special token the chat template puts after an assistant turn (<|im_end|>, <|eot_id|>, </s>...)."""
+    probe = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "MARK"}],
+                                          tokenize=False)
+    after = probe[probe.rindex("MARK") + 4:].lstrip()
+    for token in sorted(tokenizer.all_special_tokens, key=len, reverse=True):
+        if token and after.startswith(token):
+            return token
+    return tokenizer.eos_token
+
+
+# ---- the loss mask and the log-probs it selects -------------------------------------------------------
+def tokenize_conversation(tokenizer, messages, max_length=None, train_from=0):
+    """(input_ids, loss_mask) of a conversation rendered with the tokenizer's chat template.
+
+    The ids are the tokenization of the whole rendered text, so they match what the model sees at
+    generation time. The mask is 1 on each assistant turn (index >= `train_from`: a pair's prompt may
+    hold earlier turns) from the end of its generation prompt to its end-of-turn token, and 0 elsewhere.
+    Each turn is located by rendering the conversation up to it, never by searching for its content:
+    a search finds an empty or one-letter reply inside the markup before it. Masks are built from
+    character positions, never from token ids: in many chat tokenizers pad == eos.
+    """
+    def render(upto, generation_prompt=False):
+        return tokenizer.apply_chat_template(messages[:upto], tokenize=False,
+                                             add_generation_prompt=generation_prompt)
+    text = render(len(messages))
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant" or index < train_from:
+            continue
+        prompt = render(index, generation_prompt=True)  # the reply starts where its prompt ends ...
+        through_reply = render(index + 1).rstrip()      # ... and ends at its end-of-turn token
+        if not (text.startswith(prompt) and text.startswith(through_reply)) or len(prompt) > len(through_reply):
+            raise InputError("the chat template does not render a conversation as its turns one after "
+                             "another, so the loss mask cannot be built turn by turn")
+        spans.append((len(prompt), len(through_reply)))
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids, loss_mask = encoding["input_ids"], []
+    for token_start, token_end in encoding["offset_mapping"]:
+        loss_mask.append(int(any(token_start < end and token_end > start for start, end in spans)))
+    if max_length is not None:
+        input_ids, loss_mask = input_ids[:max_length], loss_mask[:max_length]
+    return input_ids, loss_mask
+
+
+def pad_batch(sequences, pad_value):
+    width = max(len(s) for s in sequences)
+    return torch.tensor([list(s) + [pad_value] * (width - len(s)) for s in sequences])
+
+
+def token_logps(model, input_ids, attention_mask):
+    """log p(token_t | tokens_<t) for t = 1..T-1, shape (B, T-1)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    return torch.gather(logits.log_softmax(-1), 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def sequence_logps(model, sequences, device, average=False):
+    """Per sequence of (ids, mask): the sum (or mean) of log p over its masked tokens, and their count; (B,) each."""
+    ids = pad_batch([ids for ids, _ in sequences], 0).to(device)
+    mask = pad_batch([mask for _, mask in sequences], 0).to(device)[:, 1:].float()
+    attention = pad_batch([[1] * len(ids) for ids, _ in sequences], 0).to(device)
+    logps = (token_logps(model, ids, attention) * mask).sum(-1)
+    counts = mask.sum(-1)
+    return (logps / counts if average else logps), counts
