@@ -1,5 +1,6 @@
 """What every stage shares: one-line errors, JSONL in and out, atomic saves, model loading, and the
 per-turn loss mask with the log-probs it selects. Nothing here is one stage's own work."""
+import contextlib
 import json
 import math
 import os
@@ -31,7 +32,17 @@ def add_system_flags(parser):
     group.add_argument("--seed", type=int, default=0, help="seeds python and torch; recorded in every output")
     group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     group.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
+    group.add_argument("--autocast", default="none", choices=("none", "bf16"),
+                       help="bf16: matmuls in bf16 under torch.autocast, weights and optimizer state in fp32; faster "
+                            "on GPUs and CPUs with AVX-512 BF16, ~20x slower on AVX2-only CPUs (bench.py tells)")
     group.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+
+
+def autocast(device, kind):
+    """The matmuls of a forward pass in bf16 (`--autocast bf16`), or as they are (`none`)."""
+    if kind == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=str(device).split(":")[0], dtype=torch.bfloat16)
 
 
 def set_seed(seed):

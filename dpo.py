@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (InputError, add_system_flags, check_messages, load_model, read_jsonl, run_main,
+from common import (InputError, add_system_flags, autocast, check_messages, load_model, read_jsonl, run_main,
                     save_model_atomically, sequence_logps, set_seed, stop_if_diverged, tokenize_conversation)
 
 
+GRAD_CLIP = 1.0  # max gradient norm per step, the authors' (and HF Trainer's) default
 LOSSES = ("sigmoid", "ipo", "hinge")
 
 
@@ -77,13 +78,15 @@ def check_pair(pair, where):
 
 
 @torch.no_grad()
-def reference_logps(model, examples, device, average, batch_size=16):
-    """The frozen reference's (chosen, rejected) log-probs, computed once before training."""
+def reference_logps(model, examples, device, average, batch_size=16, precision="none"):
+    """The frozen reference's (chosen, rejected) log-probs, computed once before training, in the
+    precision the policy trains in (so the two score a pair alike at step 0)."""
     chosen, rejected = [], []
     for i in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", leave=False):
         batch = examples[i:i + batch_size]
-        chosen.append(sequence_logps(model, [(e[0], e[1]) for e in batch], device, average)[0])
-        rejected.append(sequence_logps(model, [(e[2], e[3]) for e in batch], device, average)[0])
+        with autocast(device, precision):
+            chosen.append(sequence_logps(model, [(e[0], e[1]) for e in batch], device, average)[0])
+            rejected.append(sequence_logps(model, [(e[2], e[3]) for e in batch], device, average)[0])
     return torch.cat(chosen), torch.cat(rejected)
 
 
@@ -96,9 +99,10 @@ def accumulate_step(model, examples, step_indices, reference, args):
     for start in range(0, len(step_indices), args.micro_batch_size):
         micro = step_indices[start:start + args.micro_batch_size]
         batch = [examples[i] for i in micro]
-        chosen_logps, counts = sequence_logps(model, [(e[0], e[1]) for e in batch], args.device, args.average_logps)
-        with torch.set_grad_enabled(args.dpo_weight != 0):  # the NLL-only control just watches this side
-            rejected_logps, _ = sequence_logps(model, [(e[2], e[3]) for e in batch], args.device, args.average_logps)
+        with autocast(args.device, args.autocast):
+            chosen_logps, counts = sequence_logps(model, [(e[0], e[1]) for e in batch], args.device, args.average_logps)
+            with torch.set_grad_enabled(args.dpo_weight != 0):  # the NLL-only control just watches this side
+                rejected_logps, _ = sequence_logps(model, [(e[2], e[3]) for e in batch], args.device, args.average_logps)
         losses, chosen_rewards, rejected_rewards = dpo_loss(
             chosen_logps, rejected_logps, ref_chosen[micro], ref_rejected[micro], args.beta, args.loss,
             args.label_smoothing)
@@ -167,7 +171,7 @@ def main():
         examples.append(example)
     if not examples:
         raise InputError(f"{args.pairs}: no pair keeps a trainable token on both sides at --max-length {args.max_length}")
-    reference = reference_logps(model, examples, args.device, args.average_logps)
+    reference = reference_logps(model, examples, args.device, args.average_logps, precision=args.autocast)
 
     rng = random.Random(args.seed)
     total_steps = math.ceil(len(examples) / args.batch_size) * args.epochs
@@ -185,7 +189,7 @@ def main():
             metrics = accumulate_step(model, examples, order[start:start + args.batch_size], reference, args)
             stop_if_diverged(metrics["loss"], model, tokenizer, args.out, {"args": vars(args), "history": history},
                              f"epoch {epoch} step {len(history) + 1}")
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

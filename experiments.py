@@ -15,6 +15,7 @@ With --seeds, each seed runs in RUN/seedS. RUN/results.jsonl holds every row, RU
 std over seeds, RUN/results.png avg reward per training round per method (if matplotlib is installed).
 """
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -74,7 +75,7 @@ def rft_rows(args, run, expert, sft, seed):
     data = [expert] + ([successes] if write_successes(explored, successes) else [])
     model = os.path.join(folder, "model")
     run_stage("sft.py", model, "--model", sft, "--data", *data, "--epochs", str(args.rft_epochs),
-              "--lr", str(args.rft_lr), "--seed", str(seed))
+              "--lr", str(args.rft_lr), "--seed", str(seed), "--autocast", args.autocast)
     return evaluate(args, run, "rft", model, seed)
 
 
@@ -90,7 +91,7 @@ def self_play_rows(args, run, seed):
         run_stage("explore.py", demos[0], "--env", args.env, "--split", "train", "--expert",
                   "--limit", str(args.self_play_demos))
         run_stage("sft.py", start, "--model", args.model, "--data", demos[0], "--epochs", str(args.self_play_epochs),
-                  "--lr", str(args.sft_lr), "--seed", str(seed))
+                  "--lr", str(args.sft_lr), "--seed", str(seed), "--autocast", args.autocast)
     rows = evaluate(args, run, "self-play-start", start, seed)
     # train tasks after the demos' (a demo's task is solved by heart), at most --self-play-tasks of them
     sampling = ["--env", args.env, "--split", "train", "--temperature", "1.0", "--samples", str(args.self_play_samples),
@@ -102,7 +103,7 @@ def self_play_rows(args, run, seed):
         return rows
     rft = os.path.join(folder, "rft")  # as the rft baseline: the start's data + the successes
     run_stage("sft.py", rft, "--model", start, "--data", *demos, successes, "--epochs", str(args.rft_epochs),
-              "--lr", str(args.rft_lr), "--seed", str(seed))
+              "--lr", str(args.rft_lr), "--seed", str(seed), "--autocast", args.autocast)
     rows += evaluate(args, run, "self-play-rft", rft, seed)
     sampled, pairs = os.path.join(folder, "eto-explore.jsonl"), os.path.join(folder, "pairs.jsonl")
     run_stage("explore.py", sampled, "--model", rft, *sampling)
@@ -117,7 +118,9 @@ def self_play_rows(args, run, seed):
 
 def run_seed(args, run, seed):
     """ETO and its control (unless --methods leaves eto out), then the baselines, for one seed."""
-    loop_args = argparse.Namespace(**{**vars(args), "iterations": args.iterations if "eto" in args.method_list else 0})
+    loop_args = copy.copy(args)
+    if "eto" not in args.method_list:
+        loop_args.iterations = 0  # expert data, SFT and its evaluation only
     rows, paths = eto_loop(loop_args, run, seed)
     if "bon" in args.method_list:
         rows += best_of_n_rows(args, run, paths["sft"], seed)

@@ -79,7 +79,7 @@ def dpo_flags(args, iteration, seed):
     if iteration > 1 and args.later_beta is not None:
         beta = args.later_beta
     return ["--lr", str(lr), "--beta", str(beta), "--epochs", str(args.dpo_epochs),
-            "--batch-size", str(args.dpo_batch_size), "--seed", str(seed)]
+            "--batch-size", str(args.dpo_batch_size), "--seed", str(seed), "--autocast", args.autocast]
 
 
 def eto_loop(args, run, seed):
@@ -90,7 +90,7 @@ def eto_loop(args, run, seed):
     run_stage("explore.py", expert, "--env", args.env, "--split", "train", "--expert", *limit_flags(args.train_limit))
     sft = os.path.join(run, "sft")
     run_stage("sft.py", sft, "--model", args.model, "--data", expert, "--epochs", str(args.sft_epochs),
-              "--lr", str(args.sft_lr), "--seed", str(seed))
+              "--lr", str(args.sft_lr), "--seed", str(seed), "--autocast", args.autocast)
     rows = evaluate(args, run, "sft", sft, seed)
 
     # 2-5. each iteration: explore with the current policy, pair failures with the expert, DPO from the
@@ -154,6 +154,8 @@ def add_loop_flags(parser):
     parser.add_argument("--train-limit", type=int, default=None, help="train tasks used (default: all)")
     parser.add_argument("--eval-limit", type=int, default=None, help="test tasks per split (default: all)")
     parser.add_argument("--max-steps", type=int, default=None, help="actions per episode (default: the env's)")
+    parser.add_argument("--autocast", default="none", choices=("none", "bf16"),
+                        help="training matmuls in bf16 (sft.py/dpo.py --autocast); see the README's Performance")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sft = parser.add_argument_group("SFT")
     sft.add_argument("--sft-epochs", type=int, default=10)

@@ -23,9 +23,10 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import (InputError, add_system_flags, check_messages, load_model, read_jsonl, run_main,
+from common import (InputError, add_system_flags, autocast, check_messages, load_model, read_jsonl, run_main,
                     save_model_atomically, sequence_logps, set_seed, stop_if_diverged, tokenize_conversation)
 
+GRAD_CLIP = 1.0  # max gradient norm per step, the authors' (and HF Trainer's) default
 TINY_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -95,11 +96,12 @@ def lr_lambda(warmup_steps, total_steps, min_ratio=0.1):
 
 
 @torch.no_grad()
-def mean_nll(model, examples, device, batch_size=32):
+def mean_nll(model, examples, device, batch_size=32, precision="none"):
     model.eval()
     total, count = 0.0, 0.0
     for i in range(0, len(examples), batch_size):
-        loss_sum, n = masked_nll(model, examples[i:i + batch_size], device)
+        with autocast(device, precision):
+            loss_sum, n = masked_nll(model, examples[i:i + batch_size], device)
         total, count = total + loss_sum.item(), count + n.item()
     model.train()
     return total / max(count, 1)
@@ -179,16 +181,17 @@ def main():
                 micro = batch[k * args.micro_batch_size:(k + 1) * args.micro_batch_size]
                 if not micro:
                     break
-                loss_sum, count = masked_nll(model, micro, args.device)
+                with autocast(args.device, args.autocast):
+                    loss_sum, count = masked_nll(model, micro, args.device)
                 (loss_sum / n_tokens).backward()
                 epoch_loss, epoch_tokens = epoch_loss + loss_sum.item(), epoch_tokens + count.item()
             stop_if_diverged(epoch_loss, model, tokenizer, args.out, {"args": vars(args), "history": history},
                              f"epoch {epoch} step {scheduler.last_epoch + 1}")
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        dev_loss = round(mean_nll(model, dev_examples, args.device), 4) if dev_examples else None
+        dev_loss = round(mean_nll(model, dev_examples, args.device, precision=args.autocast), 4) if dev_examples else None
         history.append({"epoch": epoch, "train_loss": round(epoch_loss / epoch_tokens, 4), "dev_loss": dev_loss})
         print(json.dumps(history[-1]), file=sys.stderr)
         if not dev_examples:

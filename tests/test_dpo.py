@@ -109,7 +109,8 @@ def run_dpo(tmp_path, monkeypatch, *flags):
     return json.loads((tmp_path / "out" / "args.json").read_text())["history"]
 
 
-def test_dpo_py_starts_at_log2_even_with_dropout_and_widens_the_margin(tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["none", "bf16"])
+def test_dpo_py_starts_at_log2_even_with_dropout_and_widens_the_margin(tmp_path, monkeypatch, precision):
     tiny_model_and_pairs(tmp_path, dropout=0.5)
     reference_calls, real_reference = [], dpo.reference_logps
     def counted_reference(*args, **kwargs):
@@ -117,9 +118,10 @@ def test_dpo_py_starts_at_log2_even_with_dropout_and_widens_the_margin(tmp_path,
         return real_reference(*args, **kwargs)
     monkeypatch.setattr(dpo, "reference_logps", counted_reference)
     history = run_dpo(tmp_path, monkeypatch, "--beta", "0.1", "--lr", "3e-3", "--epochs", "6", "--batch-size", "4",
-                      "--micro-batch-size", "2")
+                      "--micro-batch-size", "2", "--autocast", precision)
     assert len(reference_calls) == 1 and len(history) == 12  # the reference is scored once, before the first step
-    # the reference is the starting policy, scored with dropout off like every training pass: h = 0 at step 1
+    # the reference is the starting policy, scored with dropout off and in the same precision as every
+    # training pass: h = 0 at step 1
     assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4) and history[0]["rewards/margins"] == 0
     assert history[-1]["rewards/margins"] > 0.5 and history[-1]["loss"] < history[0]["loss"]
 
