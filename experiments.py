@@ -23,7 +23,8 @@ import time
 
 from common import InputError, read_jsonl, run_main, write_json, write_jsonl
 from explore import parse_action
-from loop import SPLITS, add_loop_flags, dpo_flags, eto_loop, evaluate, limit_flags, rollout_flags, run_stage
+from loop import (SPLITS, add_loop_flags, dpo_flags, eto_loop, evaluate, fill_model_defaults, limit_flags,
+                  rollout_flags, run_stage)
 
 METHODS = ("sft", "eto", "bon", "rft", "self-play")
 
@@ -90,8 +91,9 @@ def self_play_rows(args, run, seed):
         demos, start = [os.path.join(folder, "demos.jsonl")], os.path.join(folder, "start")
         run_stage("explore.py", demos[0], "--env", args.env, "--split", "train", "--expert",
                   "--limit", str(args.self_play_demos))
+        lr = ["--lr", str(args.sft_lr)] if args.sft_lr is not None else []  # else sft.py's, by model
         run_stage("sft.py", start, "--model", args.model, "--data", demos[0], "--epochs", str(args.self_play_epochs),
-                  "--lr", str(args.sft_lr), "--seed", str(seed), "--autocast", args.autocast)
+                  *lr, "--seed", str(seed), "--autocast", args.autocast)
     rows = evaluate(args, run, "self-play-start", start, seed)
     # train tasks after the demos' (a demo's task is solved by heart), at most --self-play-tasks of them
     sampling = ["--env", args.env, "--split", "train", "--temperature", "1.0", "--samples", str(args.self_play_samples),
@@ -207,7 +209,7 @@ def parse_args():
     group.add_argument("--bon-n", type=int, default=4, help="Best-of-N: samples per test task (temperature 1)")
     group.add_argument("--rft-samples", type=int, default=4, help="RFT: samples per train task (temperature 1)")
     group.add_argument("--rft-epochs", type=int, default=2, help="RFT: epochs on expert + successes")
-    group.add_argument("--rft-lr", type=float, default=1e-3)
+    group.add_argument("--rft-lr", type=float, default=None, help="tiny: 1e-3; a loaded model: 1e-5 (the paper's SFT lr)")
     group.add_argument("--self-play-demos", type=int, default=200,
                        help="self-play: expert trajectories that teach a from-scratch model the format (0: start "
                             "from --model as it is, for a chat model)")
@@ -217,6 +219,9 @@ def parse_args():
     group.add_argument("--self-play-pair-level", default="divergence", choices=("trajectory", "divergence"),
                        help="self-play's pairs (step levels need an expert to replay)")
     args = parser.parse_args()
+    fill_model_defaults(args)
+    if args.rft_lr is None:
+        args.rft_lr = 1e-3 if args.model == "tiny" else 1e-5
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in args.method_list if m not in METHODS]
     if unknown:

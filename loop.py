@@ -2,7 +2,7 @@
 
     python loop.py                                   # offline default: shop env, tiny model, CPU
     python loop.py --run runs/seed1 --seed 1 --iterations 3
-    python loop.py --run runs/smol --model path/to/chat-model --sft-lr 1e-5 --sft-epochs 3 --dpo-lr 1e-6
+    python loop.py --run runs/smol --model path/to/chat-model      # the paper's lr, beta, epochs, pairs
     python loop.py --run runs/paper --iterations 2 --later-beta 0.5 --later-dpo-lr 5e-7 --pair-level trajectory
 
 Expert data -> SFT -> evaluation; then for each iteration i: explore the train tasks with the current
@@ -29,7 +29,11 @@ from common import InputError, run_main, write_json, write_jsonl
 
 SPLITS = ("test_seen", "test_unseen")
 PAIR_LEVELS = ("trajectory", "divergence", "step", "mixture")
-MODEL_STAGES = ("sft.py", "dpo.py")  # these write a save_pretrained folder; the others a JSONL file
+MODEL_STAGES = ("sft.py", "dpo.py")
+# DPO settings by model: the tiny model's were chosen on the shop env's dev split (README); a loaded
+# (pretrained chat) model gets the paper's. SFT's lr and epochs default inside sft.py the same way.
+TINY_DEFAULTS = {"pair_level": "divergence", "dpo_lr": 1e-4, "beta": 1.0, "dpo_epochs": 2, "sft_weight": 1.0}
+PAPER_DEFAULTS = {"pair_level": "trajectory", "dpo_lr": 1e-6, "beta": 0.1, "dpo_epochs": 3, "sft_weight": 0.0}  # these write a save_pretrained folder; the others a JSONL file
 
 
 def run_stage(script, out, *flags):
@@ -89,8 +93,12 @@ def eto_loop(args, run, seed):
     expert = os.path.join(run, "expert.jsonl")
     run_stage("explore.py", expert, "--env", args.env, "--split", "train", "--expert", *limit_flags(args.train_limit))
     sft = os.path.join(run, "sft")
-    run_stage("sft.py", sft, "--model", args.model, "--data", expert, "--epochs", str(args.sft_epochs),
-              "--lr", str(args.sft_lr), "--seed", str(seed), "--autocast", args.autocast)
+    sft_flags = ["--seed", str(seed), "--autocast", args.autocast]
+    if args.sft_epochs is not None:
+        sft_flags += ["--epochs", str(args.sft_epochs)]
+    if args.sft_lr is not None:
+        sft_flags += ["--lr", str(args.sft_lr)]
+    run_stage("sft.py", sft, "--model", args.model, "--data", expert, *sft_flags)
     rows = evaluate(args, run, "sft", sft, seed)
 
     # 2-5. each iteration: explore with the current policy, pair failures with the expert, DPO from the
@@ -157,22 +165,21 @@ def add_loop_flags(parser):
     parser.add_argument("--autocast", default="none", choices=("none", "bf16"),
                         help="training matmuls in bf16 (sft.py/dpo.py --autocast); see the README's Performance")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sft = parser.add_argument_group("SFT")
-    sft.add_argument("--sft-epochs", type=int, default=10)
-    sft.add_argument("--sft-lr", type=float, default=3e-3)
+    sft = parser.add_argument_group("SFT (default: sft.py's for the model: 10 epochs at 3e-3 for tiny, 3 at 1e-5 loaded)")
+    sft.add_argument("--sft-epochs", type=int, default=None)
+    sft.add_argument("--sft-lr", type=float, default=None)
     explore = parser.add_argument_group("exploration and pairs (the authors' script explores greedily, once per task)")
     explore.add_argument("--temperature", type=float, default=0.0)
     explore.add_argument("--samples", type=int, default=1)
-    explore.add_argument("--pair-level", default="divergence", choices=PAIR_LEVELS,
-                         help="divergence; trajectory as in the paper; step (the agent acts after t-1 teacher-forced "
-                              "expert turns, paper App. B) or mixture (trajectory + step)")
+    explore.add_argument("--pair-level", default=None, choices=PAIR_LEVELS,
+                         help="divergence (tiny's default); trajectory as in the paper (a loaded model's default); step "
+                              "(the agent acts after t-1 teacher-forced expert turns, paper App. B) or mixture")
     dpo = parser.add_argument_group(
-        "DPO (defaults chosen on the shop env's dev split for the tiny model; the paper's for a 7B model: "
-        "--dpo-lr 1e-6 --beta 0.1 --dpo-epochs 3 --sft-weight 0 --pair-level trajectory)")
-    dpo.add_argument("--dpo-lr", type=float, default=1e-4)
-    dpo.add_argument("--beta", type=float, default=1.0)
-    dpo.add_argument("--dpo-epochs", type=int, default=2)
-    dpo.add_argument("--sft-weight", type=float, default=1.0, help="NLL on chosen added to ETO's DPO loss")
+        "DPO (defaults by model: for tiny, chosen on the shop env's dev split; for a loaded model, the paper's)")
+    dpo.add_argument("--dpo-lr", type=float, default=None, help="tiny: 1e-4; loaded: 1e-6")
+    dpo.add_argument("--beta", type=float, default=None, help="tiny: 1.0; loaded: 0.1")
+    dpo.add_argument("--dpo-epochs", type=int, default=None, help="tiny: 2; loaded: 3")
+    dpo.add_argument("--sft-weight", type=float, default=None, help="NLL on chosen added to ETO's DPO loss; tiny: 1; loaded: 0")
     dpo.add_argument("--dpo-batch-size", type=int, default=32)
     dpo.add_argument("--later-dpo-lr", type=float, default=None,
                      help="lr from iteration 2 on (default: --dpo-lr; the authors' script: 5e-7)")
@@ -180,10 +187,19 @@ def add_loop_flags(parser):
                      help="beta from iteration 2 on (default: --beta; the authors' script: 0.5)")
 
 
+def fill_model_defaults(args):
+    """Flags left unset take the values that fit the model, and are recorded as set (RUN/loop_args.json)."""
+    defaults = TINY_DEFAULTS if args.model == "tiny" else PAPER_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_loop_flags(parser)
     args = parser.parse_args()
+    fill_model_defaults(args)
     if args.iterations < 0:
         raise InputError(f"--iterations must be at least 0, got {args.iterations}")
     started = time.time()

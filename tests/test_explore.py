@@ -108,6 +108,13 @@ def test_cli_expert_sft_eval(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (model_dir / "model.safetensors").exists() and (model_dir / "args.json").exists()
     assert json.loads(done.stdout.strip().splitlines()[-1])["epochs"] == 2
+    assert json.loads((model_dir / "args.json").read_text())["args"]["lr"] == 3e-3  # from scratch: tiny's lr
+    tuned = tmp_path / "tuned"  # a loaded model trains at the paper's lr unless told otherwise, never at tiny's
+    done = run("sft.py", "--model", str(model_dir), "--data", str(expert), "--out", str(tuned), "--patience", "0",
+               "--batch-size", "8", "--micro-batch-size", "8", "--dev-fraction", "0")
+    assert done.returncode == 0, done.stderr
+    recorded = json.loads((tuned / "args.json").read_text())["args"]
+    assert (recorded["lr"], recorded["epochs"]) == (1e-5, 3)
     evaluation = tmp_path / "eval.jsonl"
     done = run("explore.py", "--split", "test_unseen", "--model", str(model_dir), "--limit", "4",
                "--max-new-tokens", "16", "--max-steps", "2", "--out", str(evaluation))

@@ -1,4 +1,5 @@
 """The loop and the experiments on it: tables, one-line refusals, resume after a kill, baselines, the plot."""
+import argparse
 import json
 import os
 import signal
@@ -7,6 +8,7 @@ import sys
 
 import pytest
 
+from loop import add_loop_flags, fill_model_defaults
 from tests.conftest import ROOT
 
 
@@ -116,3 +118,18 @@ def test_plot_has_a_line_per_method_and_a_panel_per_split(tmp_path):
     path = plot_results(rows, str(tmp_path / "results.png"))
     assert path and (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], {"pair_level": "divergence", "dpo_lr": 1e-4, "beta": 1.0, "dpo_epochs": 2, "sft_weight": 1.0, "sft_lr": None}),
+    (["--model", "path/to/chat-model"],
+     {"pair_level": "trajectory", "dpo_lr": 1e-6, "beta": 0.1, "dpo_epochs": 3, "sft_weight": 0.0, "sft_lr": None}),
+    (["--model", "path/to/chat-model", "--beta", "0.5", "--sft-lr", "2e-5"],
+     {"pair_level": "trajectory", "dpo_lr": 1e-6, "beta": 0.5, "dpo_epochs": 3, "sft_weight": 0.0, "sft_lr": 2e-5}),
+])
+def test_loop_defaults_fit_the_model_and_a_given_flag_wins(flags, expected):
+    parser = argparse.ArgumentParser()
+    add_loop_flags(parser)
+    args = parser.parse_args(flags)
+    fill_model_defaults(args)
+    assert {name: getattr(args, name) for name in expected} == expected  # sft_lr None: sft.py picks by model
