@@ -1,6 +1,7 @@
 """What every stage shares: one-line errors, JSONL in and out, atomic saves, model loading, and the
 per-turn loss mask with the log-probs it selects. Nothing here is one stage's own work."""
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -145,16 +146,39 @@ def stop_if_diverged(loss, model, tokenizer, out, args_record, where):
 
 # ---- models -----------------------------------------------------------------------------------------
 def load_model(path, device="cpu", dtype="auto"):
-    """A causal LM and its tokenizer from a local folder (or a hub id if you are online)."""
+    """A causal LM and its tokenizer from a local folder (or a hub id if you are online), or from one
+    .gguf file (dequantized as it loads: needs `pip install -r requirements-chat.txt`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if dtype == "auto":  # fp32 on CPU: bf16 matmuls are slow there; bf16 on GPU, as 7B runs need
         dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+    if path.endswith(".gguf"):
+        return load_gguf(path, device, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         # safetensors only (no pickle), and never trust_remote_code: a model folder cannot run code here
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), use_safetensors=True)
     except OSError as e:
         raise InputError(f"cannot load model {path!r}: {str(e).splitlines()[0]}") from None
+    return checked_chat_model(path, model, tokenizer, device)
+
+
+def load_gguf(path, device, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if not os.path.isfile(path):
+        raise InputError(f"cannot load model {path!r}: no such file")
+    for package in ("gguf", "accelerate"):
+        if importlib.util.find_spec(package) is None:
+            raise InputError(f"loading a .gguf file needs the {package!r} package: pip install -r requirements-chat.txt")
+    folder, name = os.path.split(os.path.abspath(path))
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=getattr(torch, dtype))
+    # the weights arrive dense; the quantizer left on the model only stops save_pretrained
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    return checked_chat_model(path, model, tokenizer, device)
+
+
+def checked_chat_model(path, model, tokenizer, device):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:

@@ -127,6 +127,7 @@ def test_cli_expert_sft_eval(tmp_path):
     (["--env", "webshop", "--expert"], "unknown env 'webshop'; valid envs: scienceworld, shop"),
     (["--split", "valid", "--expert"], "unknown split 'valid'; valid splits: train, test_seen, test_unseen, dev"),
     (["--model", "no/such/folder"], "cannot load model 'no/such/folder'"),
+    (["--model", "no/such/model.gguf"], "cannot load model 'no/such/model.gguf': no such file"),
     (["--expert", "--skip", "1000"], "--skip 1000 leaves no task: split 'train' has 1000"),
     (["--expert", "--teacher-force", "e.jsonl"], "--teacher-force replays the expert before the agent acts"),
     (["--expert", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
