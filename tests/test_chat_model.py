@@ -11,7 +11,7 @@ import pytest
 
 from common import load_model, tokenize_conversation
 from tests.conftest import ROOT
-from tests.test_sft import expert_messages
+from tests.test_sft import expert_messages, masked_runs
 
 
 def smollm2_file():
@@ -34,13 +34,7 @@ def test_smollm2_gguf_loads_masks_its_template_fine_tunes_and_acts(tmp_path):
     assert tokenizer.pad_token_id == tokenizer.eos_token_id  # the case the mask must survive
     messages = expert_messages("train-0")
     ids, mask = tokenize_conversation(tokenizer, messages)
-    runs, current = [], []
-    for token_id, bit in zip(ids, mask):
-        if bit:
-            current.append(token_id)
-        elif current:
-            runs.append(current)
-            current = []
+    runs = masked_runs(ids, mask)
     assert [tokenizer.decode(run) for run in runs] == \
         [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
 

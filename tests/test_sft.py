@@ -62,6 +62,20 @@ TOKENIZERS = {
 }
 
 
+def masked_runs(ids, mask):
+    """The masked tokens grouped into unbroken runs."""
+    runs, current = [], []
+    for token_id, bit in zip(ids, mask):
+        if bit:
+            current.append(token_id)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return runs
+
+
 @pytest.mark.parametrize("name", TOKENIZERS)
 def test_mask_covers_exactly_the_assistant_turns(name):
     tokenizer = TOKENIZERS[name]()
@@ -73,16 +87,7 @@ def test_mask_covers_exactly_the_assistant_turns(name):
         full_text = tokenizer.apply_chat_template(messages, tokenize=False)
         assert ids == tokenizer(full_text, add_special_tokens=False)["input_ids"]
         assert len(mask) == len(ids)
-        # group the masked tokens into runs: each run is one assistant turn plus its end-of-turn token
-        runs, current = [], []
-        for token_id, bit in zip(ids, mask):
-            if bit:
-                current.append(token_id)
-            elif current:
-                runs.append(current)
-                current = []
-        if current:
-            runs.append(current)
+        runs = masked_runs(ids, mask)  # each run: one assistant turn plus its end-of-turn token
         assistant = [m["content"] for m in messages if m["role"] == "assistant"]
         decoded = [tokenizer.decode(run) for run in runs]
         # exactly the assistant contents, each followed by its end-of-turn token (only whitespace between)
