@@ -26,7 +26,7 @@ import time
 import torch
 
 import envs
-from common import autocast, load_model, pad_batch, read_jsonl, sequence_logps, tokenize_conversation
+from common import InputError, autocast, run_main, load_model, pad_batch, read_jsonl, sequence_logps, tokenize_conversation
 from dpo import accumulate_step, build_parser as dpo_parser, reference_logps, tokenize_pair
 from explore import make_generate_policy, rollout
 from sft import length_batches, masked_nll
@@ -174,7 +174,7 @@ def main():
     needed = [os.path.join(args.run, p) for p in ("sft", "expert.jsonl", "iter1/pairs.jsonl")]
     missing = [p for p in needed if not os.path.exists(p)]
     if missing:
-        raise SystemExit(f"error: {missing[0]} is missing: run `python loop.py --run {args.run}` first")
+        raise InputError(f"{missing[0]} is missing: run `python loop.py --run {args.run}` first")
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, model {args.run}/sft\n")
@@ -196,4 +196,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
