@@ -100,6 +100,11 @@ def check_messages(messages, where, after=None):
         previous = role
 
 
+def check_trajectory(record, where):
+    """A trajectory record's messages are in order (read_jsonl's `check` for trajectory files)."""
+    check_messages(record["messages"], f"{where}: messages")
+
+
 def write_jsonl(path, records):
     """Write atomically: a temp file renamed into place, so a crash never leaves a partial file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

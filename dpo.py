@@ -149,6 +149,8 @@ def build_parser():
 
 def main():
     args = build_parser().parse_args()
+    if args.micro_batch_size < 1:
+        raise InputError(f"--micro-batch-size must be at least 1, got {args.micro_batch_size}")
     if args.batch_size % args.micro_batch_size:
         raise InputError("--batch-size must be a multiple of --micro-batch-size")
     if args.label_smoothing and args.loss != "sigmoid":

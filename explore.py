@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 import envs
-from common import (InputError, add_system_flags, check_messages, end_of_turn_token, load_model, read_jsonl, run_main,
+from common import (InputError, add_system_flags, check_trajectory, end_of_turn_token, load_model, read_jsonl, run_main,
                     set_seed, write_json, write_jsonl)
 
 INVALID_FORMAT = (f"{envs.INVALID}: no 'Action:' found. Reply as 'Thought: ...' on one line and "
@@ -246,8 +246,7 @@ def main():
     check_arguments(args)
     expert_records = None
     if args.teacher_force:
-        expert_records = read_jsonl(args.teacher_force, ("task_id", "messages", "reward"),
-                                    lambda record, where: check_messages(record["messages"], f"{where}: messages"))
+        expert_records = read_jsonl(args.teacher_force, ("task_id", "messages", "reward"), check_trajectory)
 
     started = time.time()
     set_seed(args.seed)

@@ -29,11 +29,11 @@ from common import InputError, run_main, write_json, write_jsonl
 
 SPLITS = ("test_seen", "test_unseen")
 PAIR_LEVELS = ("trajectory", "divergence", "step", "mixture")
-MODEL_STAGES = ("sft.py", "dpo.py")
+MODEL_STAGES = ("sft.py", "dpo.py")  # these write a save_pretrained folder; the others a JSONL file
 # DPO settings by model: the tiny model's were chosen on the shop env's dev split (README); a loaded
 # (pretrained chat) model gets the paper's. SFT's lr and epochs default inside sft.py the same way.
 TINY_DEFAULTS = {"pair_level": "divergence", "dpo_lr": 1e-4, "beta": 1.0, "dpo_epochs": 2, "sft_weight": 1.0}
-PAPER_DEFAULTS = {"pair_level": "trajectory", "dpo_lr": 1e-6, "beta": 0.1, "dpo_epochs": 3, "sft_weight": 0.0}  # these write a save_pretrained folder; the others a JSONL file
+PAPER_DEFAULTS = {"pair_level": "trajectory", "dpo_lr": 1e-6, "beta": 0.1, "dpo_epochs": 3, "sft_weight": 0.0}
 
 
 def run_stage(script, out, *flags):

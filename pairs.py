@@ -18,7 +18,7 @@ import argparse
 import json
 import time
 
-from common import InputError, check_messages, read_jsonl, run_main, write_json, write_jsonl
+from common import InputError, check_trajectory, read_jsonl, run_main, write_json, write_jsonl
 from explore import parse_action
 
 LEVELS = ("trajectory", "divergence")
@@ -111,10 +111,6 @@ def best_and_worst(records):
     worst = [min(samples, key=lambda r: r["reward"]) for samples in by_task.values()]
     best = [max(samples, key=lambda r: r["reward"]) for samples in by_task.values()]
     return worst, best
-
-
-def check_trajectory(record, where):
-    check_messages(record["messages"], f"{where}: messages")
 
 
 def main():

@@ -23,7 +23,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import (InputError, add_system_flags, autocast, check_messages, load_model, read_jsonl, run_main,
+from common import (InputError, add_system_flags, autocast, check_trajectory, load_model, read_jsonl, run_main,
                     save_model_atomically, sequence_logps, set_seed, stop_if_diverged, tokenize_conversation)
 
 # defaults that fit the model: a model built from scratch needs a high lr and many epochs, a pretrained
@@ -66,10 +66,6 @@ def build_tiny_model(tokenizer, hidden=192, layers=4, heads=4, context=1024):
 
 
 # ---- SFT: NLL on the agent's tokens ----------------------------------------------------------------
-def check_trajectory(record, where):
-    check_messages(record["messages"], f"{where}: messages")
-
-
 def masked_nll(model, batch, device):
     """(sum of -log p over the assistant tokens, number of those tokens) for a list of (ids, mask)."""
     logps, counts = sequence_logps(model, batch, device)
@@ -135,6 +131,8 @@ def main():
     parser.add_argument("--tiny-vocab", type=int, default=2048)
     add_system_flags(parser)
     args = parser.parse_args()
+    if args.micro_batch_size < 1:
+        raise InputError(f"--micro-batch-size must be at least 1, got {args.micro_batch_size}")
     if args.batch_size % args.micro_batch_size:
         raise InputError("--batch-size must be a multiple of --micro-batch-size")
     defaults = FROM_SCRATCH if args.model == "tiny" else PRETRAINED

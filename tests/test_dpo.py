@@ -168,3 +168,10 @@ def test_the_control_gives_the_rejected_side_no_gradient(tmp_path):
     assert torch.allclose(with_rejected, gradients(model), atol=1e-7)
     dpo_gradient, _ = step_gradient(model, examples, 4)
     assert not torch.allclose(dpo_gradient, with_rejected)  # DPO itself does move on the rejected side
+
+
+def test_a_zero_micro_batch_is_one_line_not_a_division_by_zero(tmp_path, monkeypatch):
+    tiny_model_and_pairs(tmp_path)
+    with pytest.raises(InputError, match="--micro-batch-size must be at least 1, got 0"):
+        run_dpo(tmp_path, monkeypatch, "--micro-batch-size", "0")
+    assert not (tmp_path / "out").exists()
