@@ -1,4 +1,4 @@
-"""Experiments built on the ETO loop: baselines beside it, several seeds, a mean +- std table, a plot.
+"""Experiments built on the ETO loop: baselines beside it, several seeds, a mean +- std table.
 
     python experiments.py --run runs/report --methods sft,bon,rft,eto,self-play --seeds 0,1,2
     python experiments.py --run runs/seeds --seeds 0,1,2           # ETO and its control over 3 seeds
@@ -12,19 +12,20 @@ and these methods beside ETO:
 - `self-play` (paper 4.5): no expert data after its start model: RFT on its own samples' successes,
   then ETO with each task's best sample against its worst (`pairs.py --within`).
 With --seeds, each seed runs in RUN/seedS. RUN/results.jsonl holds every row, RUN/results.md the mean +-
-std over seeds, RUN/results.png avg reward per training round per method (if matplotlib is installed).
+std over seeds; report.py writes RUN/results.png (avg reward per training round per method) and
+RUN/report.html.
 """
 import argparse
 import copy
 import json
 import os
-import statistics
 import time
 
 from common import InputError, read_jsonl, run_main, write_json, write_jsonl
 from explore import parse_action
-from loop import (SPLITS, add_loop_flags, dpo_flags, eto_loop, evaluate, fill_model_defaults, limit_flags,
-                  rollout_flags, run_stage)
+from loop import (add_loop_flags, dpo_flags, eto_loop, evaluate, fill_model_defaults, limit_flags, rollout_flags,
+                  run_command, run_stage)
+from report import mean_std_table
 
 METHODS = ("sft", "eto", "bon", "rft", "self-play")
 
@@ -133,73 +134,6 @@ def run_seed(args, run, seed):
     return rows
 
 
-# ---- tables and the plot ---------------------------------------------------------------------------
-def mean_std_table(rows):
-    """A markdown table: mean +- std over seeds of avg reward and success, per stage and split."""
-    stages = list(dict.fromkeys(row["stage"] for row in rows))
-    seeds = sorted({row["seed"] for row in rows})
-    lines = [f"mean +- std (population std) over seeds {', '.join(map(str, seeds))}", "",
-             "| model | " + " | ".join(f"{split} reward | {split} success" for split in SPLITS) + " |",
-             "|---|" + "---|---|" * len(SPLITS)]
-    for stage in stages:
-        cells = []
-        for split in SPLITS:
-            for field in ("avg_reward", "success_rate"):
-                values = [row[field] for row in rows if row["stage"] == stage and row["split"] == split]
-                cells.append(f"{statistics.mean(values):.1f} +- {statistics.pstdev(values):.1f}" if values else "-")
-        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_point(stage):
-    """(series, training round) of a result row for the plot; the SFT model starts the ETO, control and RFT lines."""
-    if stage == "sft":
-        return [("ETO", 0), ("SFT continued (control)", 0), ("RFT", 0)]
-    if stage.startswith("eto-"):
-        return [("ETO", int(stage.split("-")[1]))]
-    if stage.startswith("sft-continued-"):
-        return [("SFT continued (control)", int(stage.split("-")[2]))]
-    if stage.startswith("best-of-"):
-        return [(f"Best-of-{stage.split('-')[2]} (oracle pick, no training)", 0)]
-    rounds = {"rft": ("RFT", 1), "self-play-start": ("self-play", 0), "self-play-rft": ("self-play", 1),
-              "self-play-rft-eto": ("self-play", 2)}
-    return [rounds[stage]] if stage in rounds else []
-
-
-def plot_results(rows, path):
-    """A PNG of avg reward (mean +- std over seeds) per training round per method, one panel per test split.
-    matplotlib is optional (requirements-plot.txt): without it, say so and go on."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")  # no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no plot: matplotlib is not installed (pip install -r requirements-plot.txt)", flush=True)
-        return None
-    points = {}  # (split, series) -> {round: [reward per seed]}
-    for row in rows:
-        for series, round_ in plot_point(row["stage"]):
-            points.setdefault((row["split"], series), {}).setdefault(round_, []).append(row["avg_reward"])
-    figure, axes = plt.subplots(1, len(SPLITS), figsize=(10, 4), sharey=True)
-    for axis, split in zip(axes, SPLITS):
-        for (point_split, series), by_round in points.items():
-            if point_split != split or (len(by_round) == 1 and series in ("ETO", "SFT continued (control)", "RFT")):
-                continue  # the SFT point alone is not a line of its own
-            rounds = sorted(by_round)
-            axis.errorbar(rounds, [statistics.mean(by_round[r]) for r in rounds],
-                          yerr=[statistics.pstdev(by_round[r]) for r in rounds], marker="o", capsize=3, label=series)
-        axis.set_title(split)
-        axis.set_xlabel("training rounds after the start model")
-        axis.xaxis.get_major_locator().set_params(integer=True)
-    axes[0].set_ylabel("avg reward (x100), mean +- std over seeds")
-    axes[-1].legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path + ".tmp.png", dpi=80)
-    plt.close(figure)
-    os.replace(path + ".tmp.png", path)
-    return path
-
-
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_loop_flags(parser)
@@ -256,8 +190,8 @@ def main():
         f.write(table)
     os.replace(os.path.join(args.run, "results.md.tmp"), os.path.join(args.run, "results.md"))
     print(table)
-    plot = plot_results(rows, os.path.join(args.run, "results.png"))
-    print(json.dumps({"stage": "experiments", "run": args.run, "results": results, "plot": plot,
+    run_command("report.py", "--run", args.run)  # RUN/results.png and RUN/report.html
+    print(json.dumps({"stage": "experiments", "run": args.run, "results": results,
                       "seconds": round(time.time() - started, 1)}))
 
 

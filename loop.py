@@ -14,7 +14,8 @@ expert data alone would give is not credited to the failures.
 Every command is printed before it runs. A stage whose outputs exist is skipped (`run_stage`): every
 stage writes its outputs by rename, so a killed stage leaves nothing that looks complete. Skipping
 looks at the files, not the flags: for new settings, use a new --run folder. Results go to
-RUN/results.jsonl (one line per model and split) and the table is printed at the end. Baselines,
+RUN/results.jsonl (one line per model and split), the table is printed at the end, and report.py
+writes RUN/report.html: what each model does and what the pairs moved. Baselines,
 seeds, tables and the plot are experiments built on this loop: see experiments.py.
 """
 import argparse
@@ -41,18 +42,26 @@ def run_stage(script, out, *flags):
     its summary file exists: every stage writes it last (a model folder's args.json arrives with the
     folder, by rename), so a killed stage leaves nothing that looks done."""
     summary_file = os.path.join(out, "args.json") if script in MODEL_STAGES else out + ".args.json"
-    command = [script, *flags, "--out", out]
-    shown = " ".join(shlex.quote(part) for part in command)
     if os.path.exists(summary_file):
-        print(f"[done] {shown}", flush=True)
+        print(f"[done] {shell_words(script, *flags, '--out', out)}", flush=True)
     else:
-        print(f"$ {shown}", flush=True)
-        finished = subprocess.run([sys.executable, *command])
-        if finished.returncode != 0:
-            print(f"error: stage failed with exit status {finished.returncode}: {shown}", file=sys.stderr)
-            sys.exit(finished.returncode)
+        run_command(script, *flags, "--out", out)
     with open(summary_file) as f:
         return json.load(f)["summary"]
+
+
+def run_command(script, *flags):
+    """Print `python SCRIPT FLAGS` and run it; a failure stops the loop with the stage's exit status."""
+    shown = shell_words(script, *flags)
+    print(f"$ {shown}", flush=True)
+    finished = subprocess.run([sys.executable, script, *flags])
+    if finished.returncode != 0:
+        print(f"error: stage failed with exit status {finished.returncode}: {shown}", file=sys.stderr)
+        sys.exit(finished.returncode)
+
+
+def shell_words(*words):
+    return " ".join(shlex.quote(word) for word in words)
 
 
 def evaluate(args, run, name, model_dir, seed, *flags):
@@ -99,6 +108,9 @@ def eto_loop(args, run, seed):
     if args.sft_lr is not None:
         sft_flags += ["--lr", str(args.sft_lr)]
     run_stage("sft.py", sft, "--model", args.model, "--data", expert, *sft_flags)
+    for split in SPLITS:  # the expert on the test tasks: the ceiling, and the path the report compares failures to
+        run_stage("explore.py", os.path.join(run, "eval", f"expert.{split}.jsonl"), "--env", args.env, "--split", split,
+                  "--expert", *limit_flags(args.eval_limit))
     rows = evaluate(args, run, "sft", sft, seed)
 
     # 2-5. each iteration: explore with the current policy, pair failures with the expert, DPO from the
@@ -209,6 +221,7 @@ def main():
     results = os.path.join(args.run, "results.jsonl")
     write_jsonl(results, rows)
     print(format_table(rows))
+    run_command("report.py", "--run", args.run)
     print(json.dumps({"stage": "loop", "run": args.run, "results": results, "seconds": round(time.time() - started, 1)}))
 
 

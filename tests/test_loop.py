@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 
 
 def test_mean_std_table_over_seeds():
-    from experiments import mean_std_table
+    from report import mean_std_table
     rows = [{"stage": "sft", "split": split, "avg_reward": r, "success_rate": s, "seed": seed}
             for seed, r, s in [(0, 50.0, 10.0), (1, 60.0, 30.0)] for split in ("test_seen", "test_unseen")]
     table = mean_std_table(rows)
@@ -54,8 +54,11 @@ def test_loop_runs_and_resume_skips_finished_stages(tmp_path):
     assert {(r["stage"], r["split"]) for r in rows} == {(s, split) for s in ("sft", "eto-1", "sft-continued-1")
                                                         for split in ("test_seen", "test_unseen")}
     assert all(r["n"] == 2 for r in rows)
+    assert (tmp_path / "run" / "report.html").exists() and (tmp_path / "run" / "eval" / "expert.test_unseen.jsonl").exists()
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0 and "$ " not in second.stdout and second.stdout.count("[done]") >= 8
+    reran = [line for line in second.stdout.splitlines() if line.startswith("$ ")]
+    assert second.returncode == 0 and reran == [f"$ report.py --run {tmp_path / 'run'}"]  # the page is always rewritten
+    assert second.stdout.count("[done]") >= 10
     assert read_rows(tmp_path / "run") == rows
 
     # killed mid-stage (the DPO stage, with its child process), then rerun: it resumes to the same results
@@ -105,19 +108,6 @@ def test_experiments_later_iterations_and_self_play(tmp_path):
     assert sorted({json.loads(line)["task_id"] for line in sampled}) == ["train-4", "train-5", "train-6"]
     assert "self-play: the start model succeeded on no train task" in done.stdout
     assert {r["stage"] for r in read_rows(run)} == {"sft", "eto-1", "eto-2", "self-play-start"}
-
-
-def test_plot_has_a_line_per_method_and_a_panel_per_split(tmp_path):
-    pytest.importorskip("matplotlib")
-    from experiments import plot_point, plot_results
-    assert plot_point("eto-2") == [("ETO", 2)] and plot_point("sft-continued-1") == [("SFT continued (control)", 1)]
-    assert plot_point("self-play-rft-eto") == [("self-play", 2)] and plot_point("best-of-4")[0][1] == 0
-    rows = [{"stage": stage, "split": split, "avg_reward": reward, "seed": seed}
-            for stage, reward in [("sft", 60.0), ("eto-1", 65.0), ("rft", 62.0)] for seed in (0, 1)
-            for split in ("test_seen", "test_unseen")]
-    path = plot_results(rows, str(tmp_path / "results.png"))
-    assert path and (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list(tmp_path.glob("*.tmp*"))
 
 
 @pytest.mark.parametrize("flags, expected", [
