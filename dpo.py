@@ -30,11 +30,11 @@ from common import (InputError, add_system_flags, autocast, check_messages, load
 
 
 GRAD_CLIP = 1.0  # max gradient norm per step, the authors' (and HF Trainer's) default
-LOSSES = ("sigmoid", "ipo", "hinge")
+LOSSES = ("sigmoid", "ipo", "hinge", "dpop")
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta,
-             loss_type="sigmoid", label_smoothing=0.0):
+             loss_type="sigmoid", label_smoothing=0.0, dpop_lambda=5.0):
     """Per-example preference losses and the implicit rewards (detached), all of shape (B,).
 
     With h = (log pi(e_w|u) - log ref(e_w|u)) - (log pi(e_l|u) - log ref(e_l|u)):
@@ -42,6 +42,9 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
         with label_smoothing e (conservative DPO, Mitchell 2023): (1 - e)(-log sigmoid(beta h)) + e(-log sigmoid(-beta h))
       ipo (Azar et al. 2023, Eq. 17): L = (h - 1 / (2 beta))^2
       hinge (SLiC, Zhao et al. 2023): L = max(0, 1 - beta h)
+      dpop (DPO-Positive, Pal et al. 2024, Eq. 3): L = -log sigmoid(beta (h - lambda max(0, log ref(e_w|u) - log pi(e_w|u))))
+        the penalty is 0 while the chosen side stays at or above the reference's likelihood; below it, the
+        loss pulls the chosen side back up (DPO alone can lower both sides when they differ in a few tokens)
     """
     if loss_type not in LOSSES:
         raise InputError(f"unknown loss {loss_type!r}; valid losses: {', '.join(LOSSES)}")
@@ -54,8 +57,10 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
         losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
     elif loss_type == "ipo":
         losses = (h - 1 / (2 * beta)) ** 2
-    else:
+    elif loss_type == "hinge":
         losses = torch.relu(1 - beta * h)
+    else:
+        losses = -F.logsigmoid(beta * (h - dpop_lambda * torch.relu(-chosen_logratios)))
     chosen_rewards = beta * chosen_logratios.detach()
     rejected_rewards = beta * rejected_logratios.detach()
     return losses, chosen_rewards, rejected_rewards
@@ -105,7 +110,7 @@ def accumulate_step(model, examples, step_indices, reference, args):
                 rejected_logps, _ = sequence_logps(model, [(e[2], e[3]) for e in batch], args.device, args.average_logps)
         losses, chosen_rewards, rejected_rewards = dpo_loss(
             chosen_logps, rejected_logps, ref_chosen[micro], ref_rejected[micro], args.beta, args.loss,
-            args.label_smoothing)
+            args.label_smoothing, args.dpop_lambda)
         # NLL on chosen per agent token (the control's term; IPR adds it to DPO)
         nll = -(chosen_logps if args.average_logps else chosen_logps / counts)
         loss = (args.dpo_weight * losses + args.sft_weight * nll).sum() / len(step_indices)
@@ -135,7 +140,8 @@ def build_parser():
     parser.add_argument("--dpo-weight", type=float, default=1.0, help="scale of the DPO term")
     parser.add_argument("--sft-weight", type=float, default=0.0, help="NLL on chosen (0 in the paper)")
     parser.add_argument("--average-logps", action="store_true", help="mean instead of sum of token log-probs")
-    parser.add_argument("--loss", default="sigmoid", choices=LOSSES, help="sigmoid (DPO, paper), ipo or hinge")
+    parser.add_argument("--loss", default="sigmoid", choices=LOSSES, help="sigmoid (DPO, paper), ipo, hinge or dpop")
+    parser.add_argument("--dpop-lambda", type=float, default=5.0, help="dpop: weight of the chosen side's drop below the reference")
     parser.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO's e (sigmoid only)")
     # optimisation (paper: lr 1e-6, batch 32, 3 epochs for 7B)
     parser.add_argument("--lr", type=float, default=1e-6)

@@ -37,8 +37,27 @@ def test_loss_variants_match_hand_computation(beta):
     assert ipo.item() == pytest.approx((h - 1 / (2 * beta)) ** 2, rel=1e-6)
     hinge, _, _ = dpo_loss(*args, beta, loss_type="hinge")
     assert hinge.item() == pytest.approx(max(0.0, 1 - beta * h), abs=1e-6)
-    with pytest.raises(InputError, match="unknown loss 'kto'; valid losses: sigmoid, ipo, hinge"):
+    with pytest.raises(InputError, match="unknown loss 'kto'; valid losses: sigmoid, ipo, hinge, dpop"):
         dpo_loss(*args, beta, loss_type="kto")
+
+
+def test_dpop_matches_hand_computation():
+    # chosen fell below the reference: log-ratio -1 + 0.5 = -0.5; rejected -3 + 1 = -2; h = 1.5
+    # lambda 2, beta 0.5: -log s(0.5 (1.5 - 2 * 0.5)) = -log s(0.25) = log(1 + e^-0.25) = 0.57593942
+    args = [torch.tensor([v]) for v in (-1.0, -3.0, -0.5, -1.0)]
+    dpop, chosen_rewards, _ = dpo_loss(*args, 0.5, loss_type="dpop", dpop_lambda=2.0)
+    assert dpop.item() == pytest.approx(0.57593942, abs=1e-6) and chosen_rewards.item() == pytest.approx(-0.25)
+    # chosen at or above the reference: no penalty, DPO's loss exactly
+    args = [torch.tensor([v]) for v in (-1.0, -3.0, -2.0, -2.5)]
+    assert dpo_loss(*args, 0.5, loss_type="dpop", dpop_lambda=2.0)[0].item() == pytest.approx(sigmoid_loss(0.5 * 1.5), rel=1e-6)
+    # the penalty's gradient pushes the chosen side up harder than DPO's alone
+    grads = []
+    for loss_type in ("sigmoid", "dpop"):
+        chosen = torch.tensor([-1.0], requires_grad=True)
+        dpo_loss(chosen, torch.tensor([-3.0]), torch.tensor([-0.5]), torch.tensor([-1.0]), 0.5, loss_type=loss_type,
+                 dpop_lambda=2.0)[0].sum().backward()
+        grads.append(chosen.grad.item())
+    assert grads[1] < grads[0] < 0
 
 
 @pytest.mark.parametrize("beta, expected", [(1.0, 0.50141327), (0.1, 0.65095705)])
