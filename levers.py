@@ -1,0 +1,138 @@
+"""The search for ETO's effect (issue 16): levers, each on dev beside its own control, over seeds.
+
+    python levers.py --run runs/levers --seeds 0,1                     # every lever
+    python levers.py --run runs/levers --seeds 0,1 --levers eto,dpop   # some of them
+
+Per seed, in RUN/seedS, the loop's own stages and paths: expert data, SFT, greedy exploration of the
+train tasks (iter1/explore.jsonl), so a finished `loop.py --seed S` run folder copied to RUN/seedS is
+reused, not retrained. Then per lever: its pairs, its DPO model from the SFT model, and the control
+for those pairs -- NLL on the same chosen turns, same lr, epochs and batches, no preference term
+(shared by the levers that use the same pairs); every model greedily on `dev` (the test splits only
+report, never choose). Rows go to RUN/levers.jsonl and the table to RUN/levers.md: dev reward and
+success per seed, their mean, ETO minus its control per seed, which result the models open first
+(item 1 / item 2 counts) and the invalid-action rate.
+"""
+import argparse
+import json
+import os
+import statistics
+import time
+
+from common import InputError, read_jsonl, run_main, write_json, write_jsonl
+from loop import TINY_DEFAULTS, limit_flags, run_stage
+from report import behaviour
+
+# lever -> (exploration, pair level, DPO flags over the tiny model's defaults)
+LEVERS = {
+    "eto": ("greedy", "divergence", []),                                     # today's default recipe
+    "eto-no-nll": ("greedy", "divergence", ["--sft-weight", "0"]),           # the preference term alone
+    "dpop": ("greedy", "divergence", ["--loss", "dpop", "--dpop-lambda", "5"]),
+    "trajectory": ("greedy", "trajectory", []),                              # the paper's pairs
+    "trajectory-dpop": ("greedy", "trajectory", ["--loss", "dpop", "--dpop-lambda", "5"]),
+    "sampled4": ("sampled4", "divergence", []),                              # 4 samples per task at T = 1
+    "sampled4-within": ("sampled4", "within", []),                           # best vs worst sample of a task
+}
+EXPLORATIONS = {"greedy": [], "sampled4": ["--samples", "4", "--temperature", "1"]}
+
+
+def dev_row(args, seed_run, name, model, seed, kind, lever):
+    out = os.path.join(seed_run, "dev", f"{name}.jsonl")
+    run_stage("explore.py", out, "--env", args.env, "--split", "dev", "--model", model, "--seed", str(seed),
+              *limit_flags(args.dev_limit))
+    seen = behaviour(read_jsonl(out), {})
+    return {"lever": lever, "model": kind, "seed": seed, "avg_reward": round(seen["avg_reward"], 2),
+            "success_rate": round(seen["success"], 2), "item_1": seen["opened"]["item 1"],
+            "item_2": seen["opened"]["item 2"], "invalid_rate": round(seen["invalid"], 2), "n": seen["n"]}
+
+
+def start_seed(args, seed_run, seed):
+    """The seed's expert data and SFT model (the loop's paths), and SFT's dev row."""
+    expert = os.path.join(seed_run, "expert.jsonl")
+    run_stage("explore.py", expert, "--env", args.env, "--split", "train", "--expert", *limit_flags(args.train_limit))
+    sft = os.path.join(seed_run, "sft")
+    epochs = ["--epochs", str(args.sft_epochs)] if args.sft_epochs else []
+    run_stage("sft.py", sft, "--model", "tiny", "--data", expert, "--seed", str(seed), *epochs)
+    return dev_row(args, seed_run, "sft", sft, seed, "sft", "-")
+
+
+def lever_rows(args, seed_run, seed, lever):
+    """One lever on one seed: its ETO model's dev row and its control's."""
+    expert, sft = os.path.join(seed_run, "expert.jsonl"), os.path.join(seed_run, "sft")
+    exploration, level, flags = LEVERS[lever]
+    explored = os.path.join(seed_run, "iter1", "explore.jsonl" if exploration == "greedy" else f"explore-{exploration}.jsonl")
+    run_stage("explore.py", explored, "--env", args.env, "--split", "train", "--model", sft, "--seed", str(seed),
+              *EXPLORATIONS[exploration], *limit_flags(args.train_limit))
+    pairs = os.path.join(seed_run, "iter1", f"pairs-{exploration}-{level}.jsonl")
+    source = ["--within", "--level", "divergence"] if level == "within" else ["--expert", expert, "--level", level]
+    summary = run_stage("pairs.py", pairs, "--explored", explored, *source)
+    base = ["--lr", str(TINY_DEFAULTS["dpo_lr"]), "--beta", str(TINY_DEFAULTS["beta"]), "--epochs",
+            str(TINY_DEFAULTS["dpo_epochs"]), "--sft-weight", str(TINY_DEFAULTS["sft_weight"]), "--seed", str(seed)]
+    model = os.path.join(seed_run, "levers", lever)
+    run_stage("dpo.py", model, "--model", sft, "--pairs", pairs, *base, *flags)
+    # the control: the same chosen turns, the same steps, NLL only (shared by levers with the same pairs)
+    control = os.path.join(seed_run, "levers", f"control-{exploration}-{level}")
+    run_stage("dpo.py", control, "--model", sft, "--pairs", pairs, *base, "--dpo-weight", "0", "--sft-weight", "1")
+    return [{**dev_row(args, seed_run, lever, model, seed, "eto", lever), "pairs": summary["pairs"]},
+            dev_row(args, seed_run, f"control-{exploration}-{level}", control, seed, "control", lever)]
+
+
+def levers_table(rows):
+    """Markdown: per lever, ETO and its control on dev, mean over seeds and each seed, and ETO - control."""
+    seeds = sorted({row["seed"] for row in rows})
+    lines = [f"dev, {rows[0]['n']} tasks, seeds {', '.join(map(str, seeds))}; reward per seed in brackets", "",
+             "| lever | model | dev reward | success | ETO − control per seed | item 1 / item 2 opened | invalid % |",
+             "|---|---|---|---|---|---|---|"]
+    for lever in dict.fromkeys(row["lever"] for row in rows):
+        for kind in ("sft", "eto", "control"):
+            found = sorted((r for r in rows if r["lever"] == lever and r["model"] == kind), key=lambda r: r["seed"])
+            if not found:
+                continue
+            gaps = ""
+            if kind == "eto":
+                control = {r["seed"]: r["avg_reward"] for r in rows if r["lever"] == lever and r["model"] == "control"}
+                gaps = ", ".join(f"{r['avg_reward'] - control[r['seed']]:+.1f}" for r in found if r["seed"] in control)
+            lines.append(f"| {lever} | {kind} | {statistics.mean(r['avg_reward'] for r in found):.1f} "
+                         f"[{', '.join(format(r['avg_reward'], '.1f') for r in found)}] | "
+                         f"{statistics.mean(r['success_rate'] for r in found):.1f} | {gaps} | "
+                         f"{sum(r['item_1'] for r in found)} / {sum(r['item_2'] for r in found)} | "
+                         f"{statistics.mean(r['invalid_rate'] for r in found):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default="runs/levers")
+    parser.add_argument("--env", default="shop")
+    parser.add_argument("--seeds", default="0,1", help="comma list; each seed trains its own SFT model")
+    parser.add_argument("--levers", default=",".join(LEVERS), help=f"comma list of: {', '.join(LEVERS)}")
+    parser.add_argument("--train-limit", type=int, default=None, help="train tasks (default: all)")
+    parser.add_argument("--dev-limit", type=int, default=None, help="dev tasks (default: all)")
+    parser.add_argument("--sft-epochs", type=int, default=None, help="default: sft.py's for the tiny model")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args()
+    args.lever_list = [lever.strip() for lever in args.levers.split(",") if lever.strip()]
+    unknown = [lever for lever in args.lever_list if lever not in LEVERS]
+    if unknown:
+        raise InputError(f"unknown lever {unknown[0]!r}; valid levers: {', '.join(LEVERS)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise InputError(f"--seeds must be a comma list of integers, got {args.seeds!r}") from None
+    started = time.time()
+    os.makedirs(args.run, exist_ok=True)
+    write_json(os.path.join(args.run, "levers_args.json"), vars(args))
+    rows = [start_seed(args, os.path.join(args.run, f"seed{seed}"), seed) for seed in seeds]
+    for lever in args.lever_list:  # lever by lever over the seeds, so each lever's comparison lands whole
+        for seed in seeds:
+            rows += lever_rows(args, os.path.join(args.run, f"seed{seed}"), seed, lever)
+        write_jsonl(os.path.join(args.run, "levers.jsonl"), rows)
+    table = levers_table(rows)
+    with open(os.path.join(args.run, "levers.md.tmp"), "w") as f:
+        f.write(table)
+    os.replace(os.path.join(args.run, "levers.md.tmp"), os.path.join(args.run, "levers.md"))
+    print(table)
+    print(json.dumps({"stage": "levers", "run": args.run, "seconds": round(time.time() - started, 1)}))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,45 @@
+"""levers.py: its table from hand-made rows, its refusals, and (slow) a tiny end-to-end run."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from levers import levers_table
+from tests.conftest import ROOT
+
+
+def test_levers_table_puts_each_lever_beside_its_control():
+    def row(lever, model, seed, reward, item_1=0, item_2=0):
+        return {"lever": lever, "model": model, "seed": seed, "avg_reward": reward, "success_rate": 10.0 * seed,
+                "item_1": item_1, "item_2": item_2, "invalid_rate": 1.0, "n": 200}
+    rows = [row("-", "sft", 0, 60.0, 190), row("-", "sft", 1, 64.0, 180),
+            row("dpop", "eto", 0, 70.0, 5, 150), row("dpop", "control", 0, 66.0),
+            row("dpop", "eto", 1, 61.0, 10, 120), row("dpop", "control", 1, 63.5)]
+    table = levers_table(rows)
+    assert table.startswith("dev, 200 tasks, seeds 0, 1")
+    assert "| - | sft | 62.0 [60.0, 64.0] | 5.0 |  | 370 / 0 | 1.0 |" in table
+    assert "| dpop | eto | 65.5 [70.0, 61.0] | 5.0 | +4.0, -2.5 | 15 / 270 | 1.0 |" in table
+    assert "| dpop | control | 64.8 [66.0, 63.5] |" in table
+
+
+def test_an_unknown_lever_is_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "levers.py", "--run", str(tmp_path / "r"), "--levers", "eto,magic"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown lever 'magic'; valid levers: eto," in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_levers_run_end_to_end_and_share_a_control(tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "levers.py", "--run", str(run), "--seeds", "0", "--levers", "eto,dpop", "--train-limit", "6",
+               "--dev-limit", "2", "--sft-epochs", "1"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in (run / "levers.jsonl").read_text().splitlines()]
+    assert [(r["lever"], r["model"]) for r in rows] == [("-", "sft"), ("eto", "eto"), ("eto", "control"),
+                                                        ("dpop", "eto"), ("dpop", "control")]
+    assert rows[2] == {**rows[4], "lever": "eto"}  # one control for the two levers on the same pairs
+    assert done.stdout.count("$ dpo.py") == 3 and "--loss dpop" in done.stdout
+    assert (run / "levers.md").read_text().startswith("dev, 2 tasks, seeds 0")
