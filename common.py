@@ -236,6 +236,20 @@ def tokenize_conversation(tokenizer, messages, max_length=None, train_from=0):
     return input_ids, loss_mask
 
 
+def micro_batches(items, size, token_budget=None, length=len):
+    """Split one optimizer step's items into forward passes of at most `size` items and, with a budget,
+    at most `token_budget` padded tokens (longest length x count): long sequences go fewer to a pass, so
+    a large model's activations fit in memory. The step's gradient is the same however it is split."""
+    passes, current = [], []
+    for item in items:
+        longest = max([length(item)] + [length(other) for other in current])
+        if current and (len(current) == size or (token_budget and longest * (len(current) + 1) > token_budget)):
+            passes.append(current)
+            current = []
+        current.append(item)
+    return passes + [current] if current else passes
+
+
 def pad_batch(sequences, pad_value):
     width = max(len(s) for s in sequences)
     return torch.tensor([list(s) + [pad_value] * (width - len(s)) for s in sequences])

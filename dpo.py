@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (InputError, add_system_flags, autocast, check_messages, load_model, read_jsonl, run_main,
+from common import (InputError, micro_batches, add_system_flags, autocast, check_messages, load_model, read_jsonl, run_main,
                     save_model_atomically, sequence_logps, set_seed, stop_if_diverged, tokenize_conversation)
 
 
@@ -101,8 +101,9 @@ def accumulate_step(model, examples, step_indices, reference, args):
     ref_chosen, ref_rejected = reference
     metrics = {"loss": 0.0, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/accuracies": 0.0,
                "logps/chosen": 0.0, "logps/rejected": 0.0, "nll/chosen": 0.0}
-    for start in range(0, len(step_indices), args.micro_batch_size):
-        micro = step_indices[start:start + args.micro_batch_size]
+    # both sides' activations live until backward: a pair costs twice its longer side
+    for micro in micro_batches(step_indices, args.micro_batch_size, args.token_budget,
+                               length=lambda i: 2 * max(len(examples[i][0]), len(examples[i][2]))):
         batch = [examples[i] for i in micro]
         with autocast(args.device, args.autocast):
             chosen_logps, counts = sequence_logps(model, [(e[0], e[1]) for e in batch], args.device, args.average_logps)
@@ -147,7 +148,9 @@ def build_parser():
     parser.add_argument("--lr", type=float, default=1e-6)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per optimizer step")
-    parser.add_argument("--micro-batch-size", type=int, default=8, help="pairs per forward pass")
+    parser.add_argument("--micro-batch-size", type=int, default=8, help="pairs per forward pass, at most")
+    parser.add_argument("--token-budget", type=int, default=None, help="padded tokens per forward pass, both sides, at "
+                                                                       "most (0: no limit); default 0 under 50M parameters, else 4096")
     parser.add_argument("--warmup-ratio", type=float, default=0.1, help="then constant, as the authors' script")
     add_system_flags(parser)
     return parser
@@ -167,6 +170,8 @@ def main():
     pairs = read_jsonl(args.pairs, ("prompt", "chosen", "rejected"), check_pair)  # before loading any model
     model, tokenizer = load_model(args.model, args.device, args.dtype)
     model.eval()  # dropout off, for the reference pass and every training pass alike
+    if args.token_budget is None:  # recorded in args.json as used
+        args.token_budget = 0 if sum(p.numel() for p in model.parameters()) < 50e6 else 4096
 
     examples, skipped, truncated = [], 0, 0
     for pair in tqdm(pairs, desc="tokenize", leave=False):

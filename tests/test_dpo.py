@@ -172,6 +172,24 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     assert split_metrics["loss"] == pytest.approx(whole_metrics["loss"], rel=1e-5)
 
 
+def test_micro_batches_keep_to_the_size_and_the_token_budget():
+    from common import micro_batches
+    lengths = [3, 5, 2, 8, 1, 1]
+    assert micro_batches(lengths, 4, length=int) == [[3, 5, 2, 8], [1, 1]]
+    # budget 10: [3, 5] pads to 2 x 5 = 10; with 2 it would be 3 x 5 = 15; [2, 8] 16; [8, 1] 16; [1, 1] 2
+    assert micro_batches(lengths, 4, 10, length=int) == [[3, 5], [2], [8], [1, 1]]
+    assert micro_batches([20, 1], 4, 10, length=int) == [[20], [1]]  # longer than the budget: alone, never dropped
+
+
+def test_a_token_budget_splits_the_step_but_not_its_gradient(tmp_path):
+    model, tokenizer, pairs = tiny_model_and_pairs(tmp_path)
+    examples = [tokenize_pair(tokenizer, p) for p in pairs]
+    whole, _ = step_gradient(model, examples, 8, sft_weight=0.5)
+    budget = 2 * max(len(e[0]) for e in examples) + 1  # one pair a pass
+    split, _ = step_gradient(model, examples, 8, sft_weight=0.5, token_budget=budget)
+    assert torch.allclose(whole, split, atol=1e-6)
+
+
 def test_the_control_gives_the_rejected_side_no_gradient(tmp_path):
     model, tokenizer, pairs = tiny_model_and_pairs(tmp_path)
     examples = [tokenize_pair(tokenizer, p) for p in pairs]
