@@ -17,8 +17,9 @@ pairs.py (step 3).
 Output: one JSON line per trajectory: task_id, env, split, sample, messages (system, user, assistant
 ...; observations are user turns starting "Observation: "), reward, success, steps, invalid_actions,
 stop ("done", "max_steps" or "context"), temperature, top_p, seed, and with --teacher-force
-forced_turns (the expert's turns replayed before the agent acted). The last line printed is a JSON
-summary: n, avg_reward (x100), success_rate (x100), invalid_action_rate; OUT.args.json records it.
+forced_turns (the expert's turns replayed before the agent acted), with --in-context in_context (the
+example's task id). The last line printed is a JSON summary: n, avg_reward (x100), success_rate (x100),
+invalid_action_rate; OUT.args.json records it.
 """
 import argparse
 import json
@@ -92,6 +93,17 @@ def make_expert_policy(env):
             replies.append((env.expert(task_id)[turn], True))
         return replies
     return policy
+
+
+def make_in_context_policy(policy, example):
+    """The authors' prompt at exploration and test time: one expert trajectory shown before the task, as
+    earlier turns after the system message, so an untuned chat model sees the format once. The records
+    keep only the task's own turns (SFT data and pairs never hold the example)."""
+    shown = [message for message in example["messages"] if message["role"] != "system"]
+
+    def in_context_policy(conversations, task_ids):
+        return policy([conversation[:1] + shown + conversation[1:] for conversation in conversations], task_ids)
+    return in_context_policy
 
 
 def make_forcing_policy(policy, forced_turns):
@@ -212,6 +224,8 @@ def check_arguments(args):
             raise InputError(f"{flag} must be at least {least}, got {value}")
     if args.temperature == 0 and args.samples > 1:
         raise InputError("--samples > 1 needs --temperature > 0: greedy rollouts are all the same")
+    if args.in_context and args.expert:
+        raise InputError("--in-context shows an example to a model: it needs --model, not --expert")
     if args.teacher_force and args.expert:
         raise InputError("--teacher-force replays the expert before the agent acts: it needs --model, not --expert")
 
@@ -241,9 +255,12 @@ def main():
     parser.add_argument("--teacher-force", metavar="EXPERT_JSONL",
                         help="step-level exploration (paper App. B): replay the expert's first t-1 turns of each "
                              "task, t drawn from 2..T by --seed, then let the agent act")
+    parser.add_argument("--in-context", metavar="EXPERT_JSONL",
+                        help="show the file's first trajectory before each task, as the authors' evaluation does")
     add_system_flags(parser)
     args = parser.parse_args()
     check_arguments(args)
+    example = read_jsonl(args.in_context, ("task_id", "messages"), check_trajectory)[0] if args.in_context else None
     expert_records = None
     if args.teacher_force:
         expert_records = read_jsonl(args.teacher_force, ("task_id", "messages", "reward"), check_trajectory)
@@ -266,6 +283,9 @@ def main():
         model, tokenizer = load_model(args.model, args.device, args.dtype)
         policy = make_generate_policy(model, tokenizer, args.temperature, args.top_p, args.max_new_tokens, args.seed)
         settings = {"temperature": args.temperature, "top_p": args.top_p}
+        if example is not None:
+            policy = make_in_context_policy(policy, example)
+            settings["in_context"] = example["task_id"]
     if expert_records is not None:
         prefixes = step_prefixes(expert_records, task_ids, args.seed)
         policy = make_forcing_policy(policy, prefixes)

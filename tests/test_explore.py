@@ -8,8 +8,8 @@ import torch
 
 import envs
 from experiments import best_of_n, distinct_successes
-from explore import (INVALID_FORMAT, make_expert_policy, make_forcing_policy, make_generate_policy, parse_action,
-                     rollout, step_prefixes, summarize)
+from explore import (INVALID_FORMAT, make_expert_policy, make_forcing_policy, make_generate_policy,
+                     make_in_context_policy, parse_action, rollout, step_prefixes, summarize)
 from sft import build_tiny_model, build_tiny_tokenizer
 from tests.conftest import ROOT
 
@@ -121,6 +121,27 @@ def test_cli_expert_sft_eval(tmp_path):
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in evaluation.read_text().splitlines()]
     assert len(records) == 4 and all(r["steps"] <= 2 and r["temperature"] == 0.0 for r in records)
+    shown = tmp_path / "shown.jsonl"
+    done = run("explore.py", "--split", "test_unseen", "--model", str(model_dir), "--limit", "4", "--in-context",
+               str(expert), "--max-new-tokens", "16", "--max-steps", "2", "--out", str(shown))
+    assert done.returncode == 0, done.stderr
+    with_example = [json.loads(line) for line in shown.read_text().splitlines()]
+    assert all(r["in_context"] == "train-0" for r in with_example)  # recorded, but not in the task's own turns:
+    assert [r["messages"][:2] for r in with_example] == [r["messages"][:2] for r in records]
+
+
+def test_the_in_context_example_comes_between_the_system_message_and_the_task():
+    example = {"task_id": "train-0", "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "ex task"},
+                                                 {"role": "assistant", "content": "Thought: x\nAction: click[a]"}]}
+    seen = []
+
+    def inner(conversations, task_ids):
+        seen.extend(conversations)
+        return [("Thought: done\nAction: click[nothing]", True)] * len(conversations)
+    [record] = rollout("shop", [("test_unseen-0", 0)], make_in_context_policy(inner, example), max_steps=1)
+    assert [m["content"] for m in seen[0][:3]] == [ENV.system_prompt, "ex task", "Thought: x\nAction: click[a]"]
+    assert seen[0][3] == record["messages"][1] and len(seen[0]) == 4
+    assert "ex task" not in json.dumps(record["messages"])
 
 
 @pytest.mark.parametrize("args, message", [
@@ -131,6 +152,7 @@ def test_cli_expert_sft_eval(tmp_path):
     (["--expert", "--skip", "1000"], "--skip 1000 leaves no task: split 'train' has 1000"),
     (["--expert", "--teacher-force", "e.jsonl"], "--teacher-force replays the expert before the agent acts"),
     (["--expert", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--expert", "--in-context", "e.jsonl"], "--in-context shows an example to a model: it needs --model"),
     (["--model", "m", "--samples", "2"], "--samples > 1 needs --temperature > 0"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, args, message):
