@@ -183,6 +183,22 @@ def load_gguf(path, device, dtype):
     return checked_chat_model(path, model, tokenizer, device)
 
 
+def checkpoint_activations(model, dropout=True):
+    """Gradient checkpointing: keep only each layer's input and recompute the rest in backward (about a
+    third more compute, far less memory for a large model). transformers checkpoints in train mode only,
+    so a caller that trains with dropout off (DPO) gets train mode with every dropout set to 0."""
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False  # a cache is built for generation, never needed in training
+    if not dropout:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+            for name in ("attention_dropout", "dropout", "hidden_dropout"):
+                if isinstance(getattr(module, name, None), float):
+                    setattr(module, name, 0.0)
+    model.train()
+
+
 def checked_chat_model(path, model, tokenizer, device):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

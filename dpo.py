@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (InputError, micro_batches, add_system_flags, autocast, check_messages, load_model, read_jsonl, run_main,
-                    save_model_atomically, sequence_logps, set_seed, stop_if_diverged, tokenize_conversation)
+from common import (InputError, add_system_flags, autocast, check_messages, checkpoint_activations, load_model,
+                    micro_batches, read_jsonl, run_main, save_model_atomically, sequence_logps, set_seed,
+                    stop_if_diverged, tokenize_conversation)
 
 
 GRAD_CLIP = 1.0  # max gradient norm per step, the authors' (and HF Trainer's) default
@@ -149,6 +150,8 @@ def build_parser():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per optimizer step")
     parser.add_argument("--micro-batch-size", type=int, default=8, help="pairs per forward pass, at most")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward: "
+                                                                              "less memory for a large model, ~1/3 more time")
     parser.add_argument("--token-budget", type=int, default=None, help="padded tokens per forward pass, both sides, at "
                                                                        "most (0: no limit); default 0 under 50M parameters, else 4096")
     parser.add_argument("--warmup-ratio", type=float, default=0.1, help="then constant, as the authors' script")
@@ -185,6 +188,8 @@ def main():
     if not examples:
         raise InputError(f"{args.pairs}: no pair keeps a trainable token on both sides at --max-length {args.max_length}")
     reference = reference_logps(model, examples, args.device, args.average_logps, precision=args.autocast)
+    if args.gradient_checkpointing:
+        checkpoint_activations(model, dropout=False)  # train mode (which checkpointing needs), dropout still off
 
     rng = random.Random(args.seed)
     total_steps = math.ceil(len(examples) / args.batch_size) * args.epochs

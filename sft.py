@@ -23,8 +23,9 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import (InputError, add_system_flags, autocast, check_trajectory, load_model, micro_batches, read_jsonl,
-                    run_main, save_model_atomically, sequence_logps, set_seed, stop_if_diverged, tokenize_conversation)
+from common import (InputError, add_system_flags, autocast, check_trajectory, checkpoint_activations, load_model,
+                    micro_batches, read_jsonl, run_main, save_model_atomically, sequence_logps, set_seed,
+                    stop_if_diverged, tokenize_conversation)
 
 # defaults that fit the model: a model built from scratch needs a high lr and many epochs, a pretrained
 # one is wrecked by them (measured: SmolLM2-135M at lr 3e-3 gave 0 reward; the paper: 1e-5, 3 epochs)
@@ -125,6 +126,8 @@ def main():
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step")
     parser.add_argument("--micro-batch-size", type=int, default=16, help="sequences per forward pass, at most")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward: "
+                                                                              "less memory for a large model, ~1/3 more time")
     parser.add_argument("--token-budget", type=int, default=None, help="padded tokens per forward pass, at most (0: no "
                                                                        "limit); default 0 for tiny, 4096 for a loaded model")
     # tiny model shape
@@ -179,6 +182,8 @@ def main():
           f"{skipped} skipped, {truncated} truncated, {total_steps} steps max", file=sys.stderr)
 
     model.train()
+    if args.gradient_checkpointing:
+        checkpoint_activations(model)
     best_dev, best_state, bad_epochs, history = float("inf"), None, 0, []
     for epoch in range(1, args.epochs + 1):
         batches = length_batches(train_examples, args.batch_size, rng)

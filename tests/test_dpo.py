@@ -128,8 +128,8 @@ def run_dpo(tmp_path, monkeypatch, *flags):
     return json.loads((tmp_path / "out" / "args.json").read_text())["history"]
 
 
-@pytest.mark.parametrize("precision", ["none", "bf16"])
-def test_dpo_py_starts_at_log2_even_with_dropout_and_widens_the_margin(tmp_path, monkeypatch, precision):
+@pytest.mark.parametrize("flags", [["--autocast", "none"], ["--autocast", "bf16"], ["--gradient-checkpointing"]])
+def test_dpo_py_starts_at_log2_even_with_dropout_and_widens_the_margin(tmp_path, monkeypatch, flags):
     tiny_model_and_pairs(tmp_path, dropout=0.5)
     reference_calls, real_reference = [], dpo.reference_logps
     def counted_reference(*args, **kwargs):
@@ -137,7 +137,7 @@ def test_dpo_py_starts_at_log2_even_with_dropout_and_widens_the_margin(tmp_path,
         return real_reference(*args, **kwargs)
     monkeypatch.setattr(dpo, "reference_logps", counted_reference)
     history = run_dpo(tmp_path, monkeypatch, "--beta", "0.1", "--lr", "3e-3", "--epochs", "6", "--batch-size", "4",
-                      "--micro-batch-size", "2", "--autocast", precision)
+                      "--micro-batch-size", "2", *flags)
     assert len(reference_calls) == 1 and len(history) == 12  # the reference is scored once, before the first step
     # the reference is the starting policy, scored with dropout off and in the same precision as every
     # training pass: h = 0 at step 1
@@ -188,6 +188,18 @@ def test_a_token_budget_splits_the_step_but_not_its_gradient(tmp_path):
     budget = 2 * max(len(e[0]) for e in examples) + 1  # one pair a pass
     split, _ = step_gradient(model, examples, 8, sft_weight=0.5, token_budget=budget)
     assert torch.allclose(whole, split, atol=1e-6)
+
+
+def test_gradient_checkpointing_keeps_the_gradient_and_dropout_off(tmp_path):
+    from common import checkpoint_activations
+    model, tokenizer, pairs = tiny_model_and_pairs(tmp_path, dropout=0.5)
+    examples = [tokenize_pair(tokenizer, p) for p in pairs]
+    model.eval()
+    plain, _ = step_gradient(model, examples, 4, sft_weight=0.5)
+    checkpoint_activations(model, dropout=False)
+    assert model.training and model.is_activation_checkpointing
+    recomputed, _ = step_gradient(model, examples, 4, sft_weight=0.5)
+    assert torch.allclose(plain, recomputed, atol=1e-6)  # dropout 0.5 left on would change it
 
 
 def test_the_control_gives_the_rejected_side_no_gradient(tmp_path):

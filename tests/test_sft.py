@@ -192,3 +192,19 @@ def test_a_template_that_rewrites_earlier_turns_is_refused_in_one_line():
                                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     with pytest.raises(InputError, match="does not render a conversation as its turns one after another"):
         tokenize_conversation(tokenizer, CONVERSATIONS[0])
+
+
+def test_gradient_checkpointing_keeps_the_sft_gradient():
+    from common import checkpoint_activations
+    torch.manual_seed(0)
+    tokenizer = TOKENIZERS["tiny"]()
+    model = build_tiny_model(tokenizer, hidden=32, layers=2).train()
+    examples = [tokenize_conversation(tokenizer, m) for m in CONVERSATIONS]
+    grads = []
+    for recompute in (False, True):
+        if recompute:
+            checkpoint_activations(model)
+        model.zero_grad(set_to_none=True)
+        masked_nll(model, examples, "cpu")[0].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert model.is_activation_checkpointing and torch.allclose(grads[0], grads[1], atol=1e-6)
