@@ -135,18 +135,52 @@ def save_model_atomically(model, tokenizer, out, args_record):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def stop_if_diverged(loss, model, tokenizer, out, args_record, where):
+def stop_if_diverged(loss, model, tokenizer, out, args_record, where, save=True):
     """A nan/inf loss stops training. Its step has not been applied yet, so the weights are still the
-    last good ones: they go to OUT.last-good, and OUT itself is not written (nothing looks complete)."""
+    last good ones: they go to OUT.last-good (if `save`: rank 0), and OUT itself is not written."""
     if math.isfinite(loss):
         return
     rescue = f"{out.rstrip('/')}.last-good"
-    if all(torch.isfinite(p).all() for p in model.parameters()):
+    if not save:
+        kept = f"rank 0 keeps the weights before that step in {rescue}"
+    elif all(torch.isfinite(p).all() for p in model.parameters()):
         save_model_atomically(model, tokenizer, rescue, {**args_record, "diverged_at": where})
         kept = f"the weights before that step are in {rescue}"
     else:
         kept = "the weights are no longer finite, so none were kept"
     raise InputError(f"loss became {loss} at {where}; stopped, {out} not written; {kept}; try a lower --lr")
+
+
+# ---- several processes: `torchrun --nproc-per-node N sft.py ...` (and dpo.py) ----------------------------
+def init_distributed(device):
+    """(rank, world size, this rank's device): under torchrun, joins the process group (gloo on CPU, nccl
+    on GPU, one GPU a rank); alone, (0, 1, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+    if str(device).startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), world, device
+
+
+def shard(items, rank, world):
+    """This rank's contiguous share of one optimizer step's items: ranks split a step as one process
+    splits it into --micro-batch-size passes, so N ranks give one process's gradient."""
+    per_rank = -(-len(items) // world)
+    return items[rank * per_rank:(rank + 1) * per_rank]
+
+
+def all_sum(value, world, device):
+    """A number summed over the ranks (alone: the number)."""
+    if world == 1:
+        return value
+    import torch.distributed as dist
+    total = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.item()
 
 
 # ---- models -----------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@
     python dpo.py --model runs/demo/sft --pairs runs/demo/iter1/pairs.jsonl --out runs/demo/iter1/model
     python dpo.py --model runs/demo/sft --pairs runs/demo/iter1/pairs.jsonl --out runs/demo/control \
         --dpo-weight 0 --sft-weight 1     # the control: same chosen data and steps, no preference signal
+    torchrun --nproc-per-node 2 dpo.py --model runs/demo/sft --pairs runs/demo/iter1/pairs.jsonl \
+        --out runs/demo/iter1/model       # each rank a share of every step (DDP): the 1-process gradient
 
 A trajectory's log-prob is the SUM of log p over the agent's tokens of the whole multi-turn
 continuation (observations inside it are masked, with common.py's `tokenize_conversation`); the
@@ -15,6 +17,7 @@ the reference and the policy then score a pair alike, and the first step's loss 
 The output is a `save_pretrained` folder with args.json.
 """
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -25,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (InputError, add_system_flags, autocast, check_messages, checkpoint_activations, load_model,
-                    micro_batches, read_jsonl, run_main, save_model_atomically, sequence_logps, set_seed,
-                    stop_if_diverged, tokenize_conversation)
+from common import (InputError, add_system_flags, all_sum, autocast, check_messages, checkpoint_activations,
+                    init_distributed, load_model, micro_batches, read_jsonl, run_main, save_model_atomically,
+                    sequence_logps, set_seed, shard, stop_if_diverged, tokenize_conversation)
 
 
 GRAD_CLIP = 1.0  # max gradient norm per step, the authors' (and HF Trainer's) default
@@ -96,38 +99,44 @@ def reference_logps(model, examples, device, average, batch_size=16, precision="
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def accumulate_step(model, examples, step_indices, reference, args):
+def accumulate_step(model, examples, step_indices, reference, args, rank=0, world=1):
     """Forward and backward over one optimizer step's pairs, micro-batch by micro-batch; the gradient is
-    that of the mean loss over the step's pairs, however they are split. Returns the step's metrics."""
+    that of the mean loss over the step's pairs, however they are split, over passes and over ranks (under
+    torchrun `model` is DistributedDataParallel and each rank takes its share). Returns the step's metrics."""
     ref_chosen, ref_rejected = reference
     metrics = {"loss": 0.0, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/accuracies": 0.0,
                "logps/chosen": 0.0, "logps/rejected": 0.0, "nll/chosen": 0.0}
+    mine = shard(step_indices, rank, world)
+    weight = world if mine else 0  # an empty share still joins the all-reduce; x world undoes DDP's mean
     # both sides' activations live until backward: a pair costs twice its longer side
-    for micro in micro_batches(step_indices, args.micro_batch_size, args.token_budget,
-                               length=lambda i: 2 * max(len(examples[i][0]), len(examples[i][2]))):
+    passes = micro_batches(mine or step_indices[:1], args.micro_batch_size, args.token_budget,
+                           length=lambda i: 2 * max(len(examples[i][0]), len(examples[i][2])))
+    for n, micro in enumerate(passes):
         batch = [examples[i] for i in micro]
-        with autocast(args.device, args.autocast):
-            chosen_logps, counts = sequence_logps(model, [(e[0], e[1]) for e in batch], args.device, args.average_logps)
-            with torch.set_grad_enabled(args.dpo_weight != 0):  # the NLL-only control just watches this side
-                rejected_logps, _ = sequence_logps(model, [(e[2], e[3]) for e in batch], args.device, args.average_logps)
-        losses, chosen_rewards, rejected_rewards = dpo_loss(
-            chosen_logps, rejected_logps, ref_chosen[micro], ref_rejected[micro], args.beta, args.loss,
-            args.label_smoothing, args.dpop_lambda)
-        # NLL on chosen per agent token (the control's term; IPR adds it to DPO)
-        nll = -(chosen_logps if args.average_logps else chosen_logps / counts)
-        loss = (args.dpo_weight * losses + args.sft_weight * nll).sum() / len(step_indices)
-        loss.backward()
-        share = len(batch) / len(step_indices)
-        metrics["loss"] += loss.item()
+        sync = model.no_sync() if world > 1 and n < len(passes) - 1 else contextlib.nullcontext()
+        with sync:
+            with autocast(args.device, args.autocast):
+                chosen_logps, counts = sequence_logps(model, [(e[0], e[1]) for e in batch], args.device, args.average_logps)
+                with torch.set_grad_enabled(args.dpo_weight != 0):  # the NLL-only control just watches this side
+                    rejected_logps, _ = sequence_logps(model, [(e[2], e[3]) for e in batch], args.device, args.average_logps)
+            losses, chosen_rewards, rejected_rewards = dpo_loss(
+                chosen_logps, rejected_logps, ref_chosen[micro], ref_rejected[micro], args.beta, args.loss,
+                args.label_smoothing, args.dpop_lambda)
+            # NLL on chosen per agent token (the control's term; IPR adds it to DPO)
+            nll = -(chosen_logps if args.average_logps else chosen_logps / counts)
+            loss = (args.dpo_weight * losses + args.sft_weight * nll).sum() / len(step_indices)
+            (loss * weight).backward()
+        share = weight / world * len(batch) / len(step_indices)
+        metrics["loss"] += loss.item() * weight / world
         metrics["nll/chosen"] += nll.mean().item() * share
         metrics["rewards/chosen"] += chosen_rewards.mean().item() * share
         metrics["rewards/rejected"] += rejected_rewards.mean().item() * share
         metrics["rewards/accuracies"] += (chosen_rewards > rejected_rewards).float().mean().item() * share
         metrics["logps/chosen"] += chosen_logps.mean().item() * share
         metrics["logps/rejected"] += rejected_logps.mean().item() * share
+    metrics = {name: all_sum(value, world, args.device) for name, value in metrics.items()}
     metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
     return metrics
-
 
 
 def build_parser():
@@ -169,6 +178,7 @@ def main():
         raise InputError(f"--label-smoothing is conservative DPO's (sigmoid); --loss {args.loss} has none")
 
     started = time.time()
+    rank, world, args.device = init_distributed(args.device)  # under torchrun: a share of every step per rank
     set_seed(args.seed)
     pairs = read_jsonl(args.pairs, ("prompt", "chosen", "rejected"), check_pair)  # before loading any model
     model, tokenizer = load_model(args.model, args.device, args.dtype)
@@ -196,17 +206,20 @@ def main():
     warmup = max(1, int(args.warmup_ratio * total_steps))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    print(f"dpo: {len(examples)} pairs ({skipped} skipped, {truncated} truncated), {total_steps} steps, beta {args.beta}, "
-          f"lr {args.lr}", file=sys.stderr)
+    if rank == 0:
+        print(f"dpo: {len(examples)} pairs ({skipped} skipped, {truncated} truncated), {total_steps} steps, beta {args.beta}, "
+              f"lr {args.lr}, {world} process(es)", file=sys.stderr)
+    # several ranks: DistributedDataParallel averages the ranks' gradients in the last backward of a step
+    trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
-    history, progress = [], tqdm(total=total_steps, desc="dpo", leave=False)
+    history, progress = [], tqdm(total=total_steps, desc="dpo", leave=False, disable=rank > 0)
     for epoch in range(1, args.epochs + 1):
         order = list(range(len(examples)))
         rng.shuffle(order)
         for start in range(0, len(order), args.batch_size):
-            metrics = accumulate_step(model, examples, order[start:start + args.batch_size], reference, args)
+            metrics = accumulate_step(trained, examples, order[start:start + args.batch_size], reference, args, rank, world)
             stop_if_diverged(metrics["loss"], model, tokenizer, args.out, {"args": vars(args), "history": history},
-                             f"epoch {epoch} step {len(history) + 1}")
+                             f"epoch {epoch} step {len(history) + 1}", save=rank == 0)
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
             optimizer.step()
             scheduler.step()
@@ -220,8 +233,9 @@ def main():
     summary = {"stage": "dpo", "out": args.out, "pairs": len(examples), "skipped": skipped, "truncated": truncated,
                "steps": len(history), **{k: round(sum(h[k] for h in last) / len(last), 4) for k in history[-1] if k != "epoch"},
                "seconds": round(time.time() - started, 1)}
-    save_model_atomically(model, tokenizer, args.out, {"args": vars(args), "history": history, "summary": summary})
-    print(json.dumps(summary))
+    if rank == 0:  # one writer: the ranks hold the same weights
+        save_model_atomically(model, tokenizer, args.out, {"args": vars(args), "history": history, "summary": summary})
+        print(json.dumps(summary))
 
 
 if __name__ == "__main__":

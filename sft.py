@@ -6,6 +6,8 @@
         --lr 1e-5 --epochs 3 --batch-size 64 --patience 0      # the paper's settings for a 7B model
     python sft.py --model runs/demo/sft --data runs/demo/expert.jsonl runs/demo/rft/successes.jsonl \
         --out runs/demo/rft/model --epochs 2 --lr 1e-3         # RFT: expert + the agent's own successes
+    torchrun --nproc-per-node 2 sft.py --model tiny --data runs/demo/expert.jsonl --out runs/demo/sft
+                                       # each rank a share of every step (DDP): the 1-process gradient
 
 `--model tiny` builds the offline default: a byte-level BPE tokenizer trained on the data with a ChatML
 chat template, and a ~2M-parameter Llama-style model from a config. Any other value is loaded with
@@ -14,6 +16,7 @@ chat-template path. The output is a `save_pretrained` folder (safetensors) with 
 Shared plumbing (JSONL, model loading, the per-turn loss mask `tokenize_conversation`) is in common.py.
 """
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -23,9 +26,9 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import (InputError, add_system_flags, autocast, check_trajectory, checkpoint_activations, load_model,
-                    micro_batches, read_jsonl, run_main, save_model_atomically, sequence_logps, set_seed,
-                    stop_if_diverged, tokenize_conversation)
+from common import (InputError, add_system_flags, all_sum, autocast, check_trajectory, checkpoint_activations,
+                    init_distributed, load_model, micro_batches, read_jsonl, run_main, save_model_atomically,
+                    sequence_logps, set_seed, shard, stop_if_diverged, tokenize_conversation)
 
 # defaults that fit the model: a model built from scratch needs a high lr and many epochs, a pretrained
 # one is wrecked by them (measured: SmolLM2-135M at lr 3e-3 gave 0 reward; the paper: 1e-5, 3 epochs)
@@ -146,6 +149,7 @@ def main():
             setattr(args, name, value)
 
     started = time.time()
+    rank, world, args.device = init_distributed(args.device)  # under torchrun: a share of every step per rank
     set_seed(args.seed)
     # every file is checked before any model is built
     trajectories = [t for path in args.data for t in read_jsonl(path, check=check_trajectory)]
@@ -178,33 +182,46 @@ def main():
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(max(1, int(args.warmup_ratio * total_steps)), total_steps))
-    print(f"sft: {n_params / 1e6:.2f}M params, {len(train_examples)} train / {len(dev_examples)} dev examples, "
-          f"{skipped} skipped, {truncated} truncated, {total_steps} steps max", file=sys.stderr)
+    if rank == 0:
+        print(f"sft: {n_params / 1e6:.2f}M params, {len(train_examples)} train / {len(dev_examples)} dev examples, "
+              f"{skipped} skipped, {truncated} truncated, {total_steps} steps max, {world} process(es)", file=sys.stderr)
 
     model.train()
     if args.gradient_checkpointing:
         checkpoint_activations(model)
+    # several ranks: DistributedDataParallel averages the ranks' gradients in the last backward of a step
+    trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     best_dev, best_state, bad_epochs, history = float("inf"), None, 0, []
     for epoch in range(1, args.epochs + 1):
         batches = length_batches(train_examples, args.batch_size, rng)
         epoch_loss, epoch_tokens = 0.0, 0.0
-        for batch_indices in tqdm(batches, desc=f"sft epoch {epoch}", leave=False):
+        for batch_indices in tqdm(batches, desc=f"sft epoch {epoch}", leave=False, disable=rank > 0):
             batch = [train_examples[i] for i in batch_indices]
             n_tokens = sum(sum(mask[1:]) for _, mask in batch)  # the loss is a mean over the step's tokens
-            for micro in micro_batches(batch, args.micro_batch_size, args.token_budget, length=lambda e: len(e[0])):
-                with autocast(args.device, args.autocast):
-                    loss_sum, count = masked_nll(model, micro, args.device)
-                (loss_sum / n_tokens).backward()
-                epoch_loss, epoch_tokens = epoch_loss + loss_sum.item(), epoch_tokens + count.item()
-            stop_if_diverged(epoch_loss, model, tokenizer, args.out, {"args": vars(args), "history": history},
-                             f"epoch {epoch} step {scheduler.last_epoch + 1}")
+            # this rank's share (an empty share still joins the all-reduce, at weight 0); x world undoes DDP's mean
+            mine = shard(batch, rank, world)
+            weight = world if mine else 0
+            passes = micro_batches(mine or batch[:1], args.micro_batch_size, args.token_budget, length=lambda e: len(e[0]))
+            for i, micro in enumerate(passes):
+                sync = trained.no_sync() if world > 1 and i < len(passes) - 1 else contextlib.nullcontext()
+                with sync:
+                    with autocast(args.device, args.autocast):
+                        loss_sum, count = masked_nll(trained, micro, args.device)
+                    (loss_sum * weight / n_tokens).backward()
+                if weight:
+                    epoch_loss, epoch_tokens = epoch_loss + loss_sum.item(), epoch_tokens + count.item()
+            stop_if_diverged(all_sum(epoch_loss, world, args.device), model, tokenizer, args.out,
+                             {"args": vars(args), "history": history}, f"epoch {epoch} step {scheduler.last_epoch + 1}",
+                             save=rank == 0)
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         dev_loss = round(mean_nll(model, dev_examples, args.device, precision=args.autocast), 4) if dev_examples else None
-        history.append({"epoch": epoch, "train_loss": round(epoch_loss / epoch_tokens, 4), "dev_loss": dev_loss})
-        print(json.dumps(history[-1]), file=sys.stderr)
+        train_loss = all_sum(epoch_loss, world, args.device) / all_sum(epoch_tokens, world, args.device)
+        history.append({"epoch": epoch, "train_loss": round(train_loss, 4), "dev_loss": dev_loss})
+        if rank == 0:
+            print(json.dumps(history[-1]), file=sys.stderr)
         if not dev_examples:
             continue
         if dev_loss < best_dev - 1e-4:
@@ -221,8 +238,9 @@ def main():
                "dev_examples": len(dev_examples), "skipped": skipped, "truncated": truncated,
                "epochs": len(history), "train_loss": history[-1]["train_loss"] if history else None,
                "dev_loss": round(best_dev, 4) if dev_examples and history else None, "seconds": round(time.time() - started, 1)}
-    save_model_atomically(model, tokenizer, args.out, {"args": vars(args), "history": history, "summary": summary})
-    print(json.dumps(summary))
+    if rank == 0:  # one writer: the ranks hold the same weights
+        save_model_atomically(model, tokenizer, args.out, {"args": vars(args), "history": history, "summary": summary})
+        print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,53 @@
+"""torchrun: two processes (gloo on CPU) train the same weights as one process splitting each step in two."""
+import json
+import os
+import subprocess
+import sys
+
+from safetensors.torch import load_file
+
+from pairs import make_pairs
+from tests.conftest import ROOT
+
+
+def run(*command, procs=1):
+    launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"] if procs > 1 else [])
+    done = subprocess.run(launcher + list(command), cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def largest_difference(a, b):
+    first, second = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return max((first[name] - second[name]).abs().max().item() for name in first)
+
+
+def test_two_processes_train_what_one_process_with_two_passes_trains(tmp_path):
+    expert = tmp_path / "expert.jsonl"
+    run("explore.py", "--split", "train", "--expert", "--limit", "25", "--out", str(expert))
+    # 25 trajectories in steps of 8: the last step has 1, so the second rank's share is empty there
+    sft = ["sft.py", "--model", "tiny", "--data", str(expert), "--epochs", "1", "--tiny-hidden", "32", "--tiny-layers", "1",
+           "--tiny-vocab", "300", "--batch-size", "8", "--micro-batch-size", "4", "--dev-fraction", "0"]
+    run(*sft, "--out", str(tmp_path / "sft-1"))
+    two = run(*sft, "--out", str(tmp_path / "sft-2"), procs=2)
+    assert two.stdout.count('"stage": "sft"') == 1  # rank 0 alone reports and writes
+    assert largest_difference(tmp_path / "sft-1", tmp_path / "sft-2") < 1e-6
+
+    records = [json.loads(line) for line in expert.read_text().splitlines()]
+    failures = []
+    for record in records[:13]:  # 13 pairs in steps of 6: the last step has 1
+        failure = json.loads(json.dumps(record))
+        failure["reward"] = 0.5
+        failure["messages"][4]["content"] = "Thought: the first one.\nAction: click[item 9]"
+        failures.append(failure)
+    pairs, _ = make_pairs(failures, records, level="trajectory")
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    dpo = ["dpo.py", "--model", str(tmp_path / "sft-1"), "--pairs", str(tmp_path / "pairs.jsonl"), "--epochs", "1",
+           "--batch-size", "6", "--micro-batch-size", "3", "--lr", "1e-3", "--beta", "0.5", "--sft-weight", "0.5"]
+    one = run(*dpo, "--out", str(tmp_path / "dpo-1"))
+    run(*dpo, "--out", str(tmp_path / "dpo-2"), procs=2)
+    assert largest_difference(tmp_path / "dpo-1", tmp_path / "dpo-2") < 1e-6
+    history = [json.loads((tmp_path / f"dpo-{n}" / "args.json").read_text())["history"] for n in (1, 2)]
+    assert [step["loss"] for step in history[0]] == [step["loss"] for step in history[1]]  # metrics summed over ranks
+    assert json.loads(one.stdout.strip().splitlines()[-1])["steps"] == 3
