@@ -7,6 +7,8 @@
         --temperature 1.0 --samples 4                 # sampled: Best-of-N, RFT and self-play read these
     python explore.py --env shop --split train --model runs/demo/sft --out runs/demo/iter1/explore-step.jsonl \
         --teacher-force runs/demo/expert.jsonl       # step-level: the expert's first t-1 turns, then the agent
+    torchrun --nproc-per-node 2 explore.py --split train --model runs/demo/sft --out runs/demo/iter1/explore.jsonl
+                                                     # each rank every 2nd episode; greedy: the same records
 
 `--expert` plays the env's expert; `--model PATH` lets the agent act, greedily unless `--temperature`
 is above 0. Each turn, one `generate` call advances every unfinished episode of a batch (KV cache
@@ -31,8 +33,8 @@ import torch
 from tqdm import tqdm
 
 import envs
-from common import (InputError, add_system_flags, check_trajectory, end_of_turn_token, load_model, read_jsonl, run_main,
-                    set_seed, write_json, write_jsonl)
+from common import (InputError, add_system_flags, check_trajectory, end_of_turn_token, init_distributed, load_model,
+                    read_jsonl, run_main, set_seed, write_json, write_jsonl)
 
 INVALID_FORMAT = (f"{envs.INVALID}: no 'Action:' found. Reply as 'Thought: ...' on one line and "
                   f"'Action: ...' on the next.")
@@ -266,6 +268,7 @@ def main():
         expert_records = read_jsonl(args.teacher_force, ("task_id", "messages", "reward"), check_trajectory)
 
     started = time.time()
+    rank, world, args.device = init_distributed(args.device)  # under torchrun: every world-th episode per rank
     set_seed(args.seed)
     env = envs.make(args.env)
     split_task_ids = env.task_ids(envs.check_split(args.split))
@@ -289,8 +292,16 @@ def main():
     if expert_records is not None:
         prefixes = step_prefixes(expert_records, task_ids, args.seed)
         policy = make_forcing_policy(policy, prefixes)
-    records = rollout(args.env, episodes, policy, batch_size=args.batch_size, max_steps=args.max_steps,
+    records = rollout(args.env, episodes[rank::world], policy, batch_size=args.batch_size, max_steps=args.max_steps,
                       desc=args.split, max_observation_chars=args.max_observation_chars)
+    if world > 1:  # rank 0 writes every rank's episodes, in the order one process would have
+        import torch.distributed as dist
+        shares = [None] * world
+        dist.all_gather_object(shares, records)
+        if rank > 0:
+            return
+        position = {episode: i for i, episode in enumerate(episodes)}
+        records = sorted((r for share in shares for r in share), key=lambda r: position[(r["task_id"], r["sample"])])
     for record in records:
         record.update({"env": args.env, "split": args.split, "success": record["reward"] >= 1.0,
                        "seed": args.seed, "policy": "expert" if args.expert else args.model, **settings})

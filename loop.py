@@ -4,6 +4,7 @@
     python loop.py --run runs/seed1 --seed 1 --iterations 3
     python loop.py --run runs/smol --model path/to/chat-model      # the paper's lr, beta, epochs, pairs
     python loop.py --run runs/paper --iterations 2 --later-beta 0.5 --later-dpo-lr 5e-7 --pair-level trajectory
+    python loop.py --run runs/gpus --model path/to/chat-model --procs 4     # torchrun: a GPU a process
 
 Expert data -> SFT -> evaluation; then for each iteration i: explore the train tasks with the current
 policy -> failure/expert pairs -> DPO with reference = the current policy -> evaluation on test_seen
@@ -31,6 +32,8 @@ from common import InputError, run_main, write_json, write_jsonl
 SPLITS = ("test_seen", "test_unseen")
 PAIR_LEVELS = ("trajectory", "divergence", "step", "mixture")
 MODEL_STAGES = ("sft.py", "dpo.py")  # these write a save_pretrained folder; the others a JSONL file
+TORCH_STAGES = ("explore.py", "sft.py", "dpo.py")  # with --procs N, these run under torchrun
+PROCESSES = [1]  # processes per torch stage: set once by --procs
 # DPO settings by model: the tiny model's were chosen on the shop env's dev split (README); a loaded
 # (pretrained chat) model gets the paper's. SFT's lr and epochs default inside sft.py the same way.
 TINY_DEFAULTS = {"pair_level": "divergence", "dpo_lr": 1e-4, "beta": 1.0, "dpo_epochs": 2, "sft_weight": 1.0}
@@ -51,10 +54,14 @@ def run_stage(script, out, *flags):
 
 
 def run_command(script, *flags):
-    """Print `python SCRIPT FLAGS` and run it; a failure stops the loop with the stage's exit status."""
-    shown = shell_words(script, *flags)
+    """Print `python SCRIPT FLAGS` and run it (a torch stage under torchrun with --procs); a failure stops
+    the loop with the stage's exit status."""
+    launcher, shown = [sys.executable], shell_words(script, *flags)
+    if PROCESSES[0] > 1 and script in TORCH_STAGES:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={PROCESSES[0]}"]
+        shown = f"torchrun --standalone --nproc-per-node={PROCESSES[0]} {shown}"
     print(f"$ {shown}", flush=True)
-    finished = subprocess.run([sys.executable, script, *flags])
+    finished = subprocess.run([*launcher, script, *flags])
     if finished.returncode != 0:
         print(f"error: stage failed with exit status {finished.returncode}: {shown}", file=sys.stderr)
         sys.exit(finished.returncode)
@@ -176,6 +183,8 @@ def add_loop_flags(parser):
     parser.add_argument("--max-steps", type=int, default=None, help="actions per episode (default: the env's)")
     parser.add_argument("--autocast", default="none", choices=("none", "bf16"),
                         help="training matmuls in bf16 (sft.py/dpo.py --autocast); see the README's Performance")
+    parser.add_argument("--procs", type=int, default=1, help="processes per explore/SFT/DPO stage (torchrun: a GPU "
+                                                              "each where CUDA is; on CPU they share the cores)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sft = parser.add_argument_group("SFT (default: sft.py's for the model: 10 epochs at 3e-3 for tiny, 3 at 1e-5 loaded)")
     sft.add_argument("--sft-epochs", type=int, default=None)
@@ -200,7 +209,11 @@ def add_loop_flags(parser):
 
 
 def fill_model_defaults(args):
-    """Flags left unset take the values that fit the model, and are recorded as set (RUN/loop_args.json)."""
+    """Flags left unset take the values that fit the model, and are recorded as set (RUN/loop_args.json);
+    --procs is checked and set for every stage launched."""
+    if args.procs < 1:
+        raise InputError(f"--procs must be at least 1, got {args.procs}")
+    PROCESSES[0] = args.procs
     defaults = TINY_DEFAULTS if args.model == "tiny" else PAPER_DEFAULTS
     for name, value in defaults.items():
         if getattr(args, name) is None:

@@ -1,4 +1,5 @@
-"""torchrun: two processes (gloo on CPU) train the same weights as one process splitting each step in two."""
+"""torchrun: two processes (gloo on CPU) train the weights one process trains splitting each step in two, and
+roll out the same greedy episodes."""
 import json
 import os
 import subprocess
@@ -33,6 +34,13 @@ def test_two_processes_train_what_one_process_with_two_passes_trains(tmp_path):
     two = run(*sft, "--out", str(tmp_path / "sft-2"), procs=2)
     assert two.stdout.count('"stage": "sft"') == 1  # rank 0 alone reports and writes
     assert largest_difference(tmp_path / "sft-1", tmp_path / "sft-2") < 1e-6
+
+    # greedy rollouts split over two ranks: the same records, in the same order, written once
+    explore = ["explore.py", "--split", "test_unseen", "--model", str(tmp_path / "sft-1"), "--limit", "5",
+               "--max-steps", "3", "--max-new-tokens", "24", "--batch-size", "2"]
+    run(*explore, "--out", str(tmp_path / "eval-1.jsonl"))
+    run(*explore, "--out", str(tmp_path / "eval-2.jsonl"), procs=2)
+    assert (tmp_path / "eval-1.jsonl").read_text() == (tmp_path / "eval-2.jsonl").read_text()
 
     records = [json.loads(line) for line in expert.read_text().splitlines()]
     failures = []

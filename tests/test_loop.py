@@ -28,6 +28,12 @@ def test_experiments_reject_an_unknown_method_in_one_line(tmp_path):
     assert "Traceback" not in done.stderr and not (tmp_path / "r").exists()
 
 
+def test_loop_refuses_zero_processes_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "loop.py", "--run", str(tmp_path / "r"), "--procs", "0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--procs must be at least 1, got 0" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_self_play_without_demos_needs_a_chat_model(tmp_path):
     done = subprocess.run([sys.executable, "experiments.py", "--run", str(tmp_path / "r"), "--methods", "sft,self-play",
                            "--self-play-demos", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
