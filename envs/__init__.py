@@ -32,7 +32,14 @@ def _scienceworld(options):
     return ScienceWorldEnv(task_types=options.split(",") if options else None)
 
 
-ENVS = {"shop": _shop, "scienceworld": _scienceworld}
+def _household(options):
+    from envs.household import HouseholdEnv
+    if options:
+        raise ValueError(f"the household env takes no options (got {options!r})")
+    return HouseholdEnv()
+
+
+ENVS = {"shop": _shop, "scienceworld": _scienceworld, "household": _household}
 
 
 def make(name):

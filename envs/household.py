@@ -1,0 +1,108 @@
+"""A household env, the kind of task the paper's ALFWorld is: tidy a room by text commands, offline.
+
+ALFWorld's game files cannot be downloaded here (its wheel ships only the PDDL domain), so this env is
+TextWorld Commonsense (`twc`) from TextWorldExpress (Jansen & Cote 2022), which ships its own jar on
+PyPI and runs a step in about a millisecond:
+
+    pip install -r requirements-household.txt     # textworld-express; needs Java, as ScienceWorld does
+
+The agent is in one room with two objects out of place ("a clean blue T-shirt" on the floor) and must
+put each where it belongs ("put clean blue T-shirt in wardrobe"), opening containers as needed. That
+takes knowing where things go, which a model learns from the train tasks.
+- Splits: TextWorldExpress's twc folds hold disjoint objects. `train` (720 tasks), `dev` (140) and
+  `test_seen` (140) are disjoint seed ranges of its train fold: the same objects, in other rooms and
+  combinations. `test_unseen` (140) is its test fold: objects never seen in training, as ALFWorld's
+  unseen split holds unseen rooms. A task id is "FOLD-SEED", e.g. "train-17".
+- Reward: the env's score (a quarter per object taken, a quarter per object put away, for two
+  objects) -- the running maximum; success is a full score. At most MAX_STEPS = 40 actions, as ALFWorld.
+- Observations: the first is the task and the room's description; each step's reply is short. Valid
+  actions are not listed (the tiny model reads the room; listing them, as the authors' ALFWorld prompt
+  does not either, would triple the prompt).
+- Expert: TextWorldExpress's gold path (its first action, `look around`, is the first observation
+  already), written as ReAct turns with thoughts templated from each action (not written by a model).
+  Every gold path reaches a full score (tests check a sample of every split).
+"""
+import re
+
+from envs import INVALID, check_split
+
+GAME_PARAMS = "numLocations=1,numItemsToPutAway=2,includeDoors=0,limitInventorySize=0"
+MAX_STEPS = 40
+SPLITS = {"train": ("train", 0, 720), "dev": ("train", 720, 140), "test_seen": ("train", 860, 140),
+          "test_unseen": ("test", 0, 140)}  # split -> (TextWorldExpress fold, first seed index, count)
+SYSTEM_PROMPT = ("You are tidying a house. Put every object that is out of place where it belongs. Reply "
+                 "'Thought: ...' then 'Action: ...'. Actions: look around, inventory, take OBJ, open OBJ, "
+                 "close OBJ, put OBJ in CONTAINER, put OBJ on SUPPORTER.")
+
+
+def start_jvm():
+    try:
+        from textworld_express import TextWorldExpressEnv
+    except ImportError:
+        raise ValueError("the household env needs textworld-express: pip install -r requirements-household.txt") from None
+    try:
+        env = TextWorldExpressEnv(envStepLimit=MAX_STEPS + 10)
+        env.load(gameName="twc", gameParams=GAME_PARAMS)
+    except Exception as e:  # no java on PATH, or the JVM did not start
+        raise ValueError(f"cannot start TextWorldExpress's Java runtime ({type(e).__name__}: {e}); install one, "
+                         f"e.g. apt-get install openjdk-17-jre-headless") from None
+    return env
+
+
+def thought_for(action):
+    """A templated thought for a gold action."""
+    templates = [(r"take (.+)", "The {0} is out of place. I pick it up."),
+                 (r"open (.+)", "I open the {0} to put things in it."),
+                 (r"put (.+?) (in|on) (.+)", "The {0} belongs {1} the {2}.")]
+    for pattern, template in templates:
+        match = re.fullmatch(pattern, action)
+        if match:
+            return template.format(*match.groups())
+    return "That is the next step."
+
+
+class HouseholdEnv:
+    name = "household"
+    system_prompt = SYSTEM_PROMPT
+    max_steps = MAX_STEPS
+    max_batch = 16  # parallel episodes at most: each env is a small JVM
+
+    def __init__(self):
+        self.env = start_jvm()
+        self.task_id, self.best, self.gold = None, 0.0, {}
+
+    def task_ids(self, split):
+        fold, first, count = SPLITS[check_split(split)]
+        seeds = self.env.getValidSeedsTrain() if fold == "train" else self.env.getValidSeedsTest()
+        return [f"{fold}-{seed}" for seed in seeds[first:first + count]]
+
+    def _load(self, task_id):
+        fold, _, seed = task_id.partition("-")
+        if fold not in ("train", "test") or not seed.isdigit():
+            raise KeyError(f"unknown household task id {task_id!r}")
+        observation, info = self.env.reset(seed=int(seed), gameFold=fold, generateGoldPath=True)
+        self.gold[task_id] = self.env.getGoldActionSequence()[1:]  # the first, look around, is the first observation
+        return f"{info['taskDescription'].strip()}\n{observation.strip()}"
+
+    def reset(self, task_id):
+        self.task_id, self.best = task_id, 0.0
+        return self._load(task_id)
+
+    def step(self, action):
+        if self.task_id is None:
+            raise RuntimeError("call reset(task_id) before step()")
+        observation, _, done, info = self.env.step(action)
+        observation = observation.strip()
+        if observation.startswith("Unknown action"):  # the env's answer to anything it cannot parse or apply
+            observation = f"{INVALID}: {observation}"
+        self.best = max(self.best, info["score"])
+        done = bool(done or info["tasksuccess"] or info["taskfailure"])
+        if done:
+            self.task_id = None
+        return observation, self.best, done
+
+    def expert(self, task_id):
+        if task_id not in self.gold:
+            self._load(task_id)  # a millisecond; it ends an episode in progress on this env object
+            self.task_id = None
+        return [f"Thought: {thought_for(action)}\nAction: {action}" for action in self.gold[task_id]]
