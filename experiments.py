@@ -10,7 +10,8 @@ and these methods beside ETO:
 - `rft`: rejection-sampling fine-tuning: sample the train tasks, keep the distinct successes, fine-tune
   the SFT model on expert + successes.
 - `self-play` (paper 4.5): no expert data after its start model: RFT on its own samples' successes,
-  then ETO with each task's best sample against its worst (`pairs.py --within`).
+  then ETO with each task's best sample against its worst (`pairs.py --within`), beside its control
+  (NLL on the same best samples, the same steps; `--no-control` leaves it out).
 With --seeds, each seed runs in RUN/seedS. RUN/results.jsonl holds every row, RUN/results.md the mean +-
 std over seeds; report.py writes RUN/results.png (avg reward per training round per method) and
 RUN/report.html.
@@ -116,6 +117,11 @@ def self_play_rows(args, run, seed):
         run_stage("dpo.py", eto, "--model", rft, "--pairs", pairs, "--sft-weight", str(args.sft_weight),
                   *dpo_flags(args, 1, seed))
         rows += evaluate(args, run, "self-play-rft-eto", eto, seed)
+        if not args.no_control:  # its control: NLL on the same best samples, the same steps, no preference term
+            control = os.path.join(folder, "control")
+            run_stage("dpo.py", control, "--model", rft, "--pairs", pairs, "--dpo-weight", "0", "--sft-weight", "1",
+                      *dpo_flags(args, 1, seed))
+            rows += evaluate(args, run, "self-play-rft-control", control, seed)
     return rows
 
 

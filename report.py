@@ -90,8 +90,10 @@ def plot_point(stage):
         return [("SFT continued (control)", int(stage.split("-")[2]))]
     if stage.startswith("best-of-"):
         return [(f"Best-of-{stage.split('-')[2]} (oracle pick, no training)", 0)]
-    rounds = {"rft": ("RFT", 1), "self-play-start": ("self-play", 0), "self-play-rft": ("self-play", 1),
-              "self-play-rft-eto": ("self-play", 2)}
+    if stage == "self-play-rft":
+        return [("self-play", 1), ("self-play control", 1)]
+    rounds = {"rft": ("RFT", 1), "self-play-start": ("self-play", 0), "self-play-rft-eto": ("self-play", 2),
+              "self-play-rft-control": ("self-play control", 2)}
     return [rounds[stage]] if stage in rounds else []
 
 
