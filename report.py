@@ -324,15 +324,17 @@ def command_line(script, args):
 def commands_section(run):
     found = glob.glob(os.path.join(run, "**", "*args.json"), recursive=True)
     lines = []
-    for path in sorted(found, key=os.path.getmtime):
+    top_level = ("loop_args.json", "experiments_args.json", "levers_args.json")  # the command that ran the rest
+    for path in sorted(found, key=lambda p: (os.path.basename(p) not in top_level, os.path.getmtime(p))):
         with open(path) as f:
             record = json.load(f)
-        if os.path.basename(path) in ("loop_args.json", "experiments_args.json"):
+        if os.path.basename(path) in top_level:
             script, args, seconds = os.path.basename(path).split("_")[0] + ".py", record, None
         else:
             script, args, seconds = record["summary"]["stage"] + ".py", record["args"], record["summary"].get("seconds")
         lines.append(esc(command_line(script, args)) + (f"   # {seconds:.0f} s" if seconds is not None else ""))
-    return "<h2>The commands that made this run</h2><p>From each stage's args.json, in the order they ran.</p>" \
+    return "<h2>The commands that made this run</h2><p>From each stage's args.json: the run's own command, then " \
+           "every stage in the order they finished, with its seconds.</p>" \
            "<pre class='commands'>" + "\n".join(lines) + "</pre>"
 
 
