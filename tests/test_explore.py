@@ -145,7 +145,7 @@ def test_the_in_context_example_comes_between_the_system_message_and_the_task():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--env", "webshop", "--expert"], "unknown env 'webshop'; valid envs: scienceworld, shop"),
+    (["--env", "webshop", "--expert"], "unknown env 'webshop'; valid envs: household, scienceworld, shop"),
     (["--split", "valid", "--expert"], "unknown split 'valid'; valid splits: train, test_seen, test_unseen, dev"),
     (["--model", "no/such/folder"], "cannot load model 'no/such/folder'"),
     (["--model", "no/such/model.gguf"], "cannot load model 'no/such/model.gguf': no such file"),
