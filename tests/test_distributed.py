@@ -5,7 +5,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
 from safetensors.torch import load_file
+
+from common import shard
+from dpo import tokenize_pair
+from tests.test_dpo import step_gradient, tiny_model_and_pairs
 
 from pairs import make_pairs
 from tests.conftest import ROOT
@@ -24,6 +30,7 @@ def largest_difference(a, b):
     return max((first[name] - second[name]).abs().max().item() for name in first)
 
 
+@pytest.mark.slow
 def test_two_processes_train_what_one_process_with_two_passes_trains(tmp_path):
     expert = tmp_path / "expert.jsonl"
     run("explore.py", "--split", "train", "--expert", "--limit", "25", "--out", str(expert))
@@ -59,3 +66,21 @@ def test_two_processes_train_what_one_process_with_two_passes_trains(tmp_path):
     history = [json.loads((tmp_path / f"dpo-{n}" / "args.json").read_text())["history"] for n in (1, 2)]
     assert [step["loss"] for step in history[0]] == [step["loss"] for step in history[1]]  # metrics summed over ranks
     assert json.loads(one.stdout.strip().splitlines()[-1])["steps"] == 3
+
+
+def test_shards_cover_a_step_once_and_the_ranks_gradients_average_to_one_process(tmp_path):
+    assert [shard(list(range(7)), rank, 3) for rank in range(3)] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [shard([0], rank, 2) for rank in range(2)] == [[0], []]  # an empty share: the rank joins at weight 0
+    model, tokenizer, pairs = tiny_model_and_pairs(tmp_path, n_tasks=5)
+    examples = [tokenize_pair(tokenizer, p) for p in pairs]
+    whole, _ = step_gradient(model, examples, 8, sft_weight=0.5)
+    # what DistributedDataParallel computes from two ranks: the mean of their gradients (one process here,
+    # so each rank's share is run in turn; the metrics' all-reduce needs a group: a group of one)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29533")
+    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        ranks = [step_gradient(model, examples, 8, sft_weight=0.5, rank=rank, world=2)[0] for rank in (0, 1)]
+    finally:
+        torch.distributed.destroy_process_group()
+    assert torch.allclose((ranks[0] + ranks[1]) / 2, whole, atol=1e-6)

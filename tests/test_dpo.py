@@ -149,8 +149,8 @@ def gradients(model):
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
-def step_gradient(model, examples, micro_batch_size, **objective):
-    """The gradient accumulate_step leaves for one optimizer step over all examples."""
+def step_gradient(model, examples, micro_batch_size, rank=0, world=1, **objective):
+    """The gradient accumulate_step leaves for one optimizer step over all examples (as rank of world)."""
     settings = {"micro_batch_size": micro_batch_size, "device": "cpu", "average_logps": False, "beta": 0.5,
                 "loss": "sigmoid", "label_smoothing": 0.0, "dpo_weight": 1.0, "sft_weight": 0.0, **objective}
     args = dpo.build_parser().parse_args(["--model", "m", "--pairs", "p", "--out", "o"])
@@ -158,7 +158,7 @@ def step_gradient(model, examples, micro_batch_size, **objective):
     with torch.no_grad():
         reference = tuple(r - 0.3 for r in dpo.reference_logps(model, examples, "cpu", False))  # h != 0
     model.zero_grad(set_to_none=True)
-    metrics = accumulate_step(model, examples, list(range(len(examples))), reference, args)
+    metrics = accumulate_step(model, examples, list(range(len(examples))), reference, args, rank, world)
     return gradients(model), metrics
 
 
