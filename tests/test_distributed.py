@@ -30,10 +30,19 @@ def largest_difference(a, b):
     return max((first[name] - second[name]).abs().max().item() for name in first)
 
 
-@pytest.mark.slow
+def expert_file(tmp_path, n):
+    """n expert trajectories of the shop's train tasks, written as explore.py --expert writes them."""
+    import envs
+    from explore import make_expert_policy, rollout
+    env = envs.make("shop")
+    records = rollout("shop", [(t, 0) for t in env.task_ids("train")[:n]], make_expert_policy(env))
+    path = tmp_path / "expert.jsonl"
+    path.write_text("".join(json.dumps({**r, "env": "shop", "split": "train", "success": True}) + "\n" for r in records))
+    return path, records
+
+
 def test_two_processes_train_what_one_process_with_two_passes_trains(tmp_path):
-    expert = tmp_path / "expert.jsonl"
-    run("explore.py", "--split", "train", "--expert", "--limit", "25", "--out", str(expert))
+    expert, records = expert_file(tmp_path, 25)
     # 25 trajectories in steps of 8: the last step has 1, so the second rank's share is empty there
     sft = ["sft.py", "--model", "tiny", "--data", str(expert), "--epochs", "1", "--tiny-hidden", "32", "--tiny-layers", "1",
            "--tiny-vocab", "300", "--batch-size", "8", "--micro-batch-size", "4", "--dev-fraction", "0"]
@@ -42,14 +51,6 @@ def test_two_processes_train_what_one_process_with_two_passes_trains(tmp_path):
     assert two.stdout.count('"stage": "sft"') == 1  # rank 0 alone reports and writes
     assert largest_difference(tmp_path / "sft-1", tmp_path / "sft-2") < 1e-6
 
-    # greedy rollouts split over two ranks: the same records, in the same order, written once
-    explore = ["explore.py", "--split", "test_unseen", "--model", str(tmp_path / "sft-1"), "--limit", "5",
-               "--max-steps", "3", "--max-new-tokens", "24", "--batch-size", "2"]
-    run(*explore, "--out", str(tmp_path / "eval-1.jsonl"))
-    run(*explore, "--out", str(tmp_path / "eval-2.jsonl"), procs=2)
-    assert (tmp_path / "eval-1.jsonl").read_text() == (tmp_path / "eval-2.jsonl").read_text()
-
-    records = [json.loads(line) for line in expert.read_text().splitlines()]
     failures = []
     for record in records[:13]:  # 13 pairs in steps of 6: the last step has 1
         failure = json.loads(json.dumps(record))
@@ -66,6 +67,20 @@ def test_two_processes_train_what_one_process_with_two_passes_trains(tmp_path):
     history = [json.loads((tmp_path / f"dpo-{n}" / "args.json").read_text())["history"] for n in (1, 2)]
     assert [step["loss"] for step in history[0]] == [step["loss"] for step in history[1]]  # metrics summed over ranks
     assert json.loads(one.stdout.strip().splitlines()[-1])["steps"] == 3
+
+
+@pytest.mark.slow
+def test_two_processes_explore_what_one_process_explores(tmp_path):
+    expert, _ = expert_file(tmp_path, 24)
+    run("sft.py", "--model", "tiny", "--data", str(expert), "--epochs", "2", "--tiny-hidden", "32", "--tiny-layers", "1",
+        "--tiny-vocab", "300", "--batch-size", "8", "--micro-batch-size", "8", "--dev-fraction", "0", "--out",
+        str(tmp_path / "sft"))
+    # greedy rollouts split over two ranks: the same records, in the same order, written once
+    explore = ["explore.py", "--split", "test_unseen", "--model", str(tmp_path / "sft"), "--limit", "5",
+               "--max-steps", "3", "--max-new-tokens", "24", "--batch-size", "2"]
+    run(*explore, "--out", str(tmp_path / "eval-1.jsonl"))
+    run(*explore, "--out", str(tmp_path / "eval-2.jsonl"), procs=2)
+    assert (tmp_path / "eval-1.jsonl").read_text() == (tmp_path / "eval-2.jsonl").read_text()
 
 
 def test_shards_cover_a_step_once_and_the_ranks_gradients_average_to_one_process(tmp_path):
