@@ -16,6 +16,8 @@ Environments are deterministic for a task id. An action the env cannot parse or 
 it returns an observation starting with INVALID (so the agent reads why) and still costs a step.
 """
 
+import re
+
 SPLITS = ("train", "test_seen", "test_unseen", "dev")
 INVALID = "Invalid action"
 
@@ -55,3 +57,13 @@ def check_split(split):
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     return split
+
+
+def templated_thought(action, templates, otherwise):
+    """An expert thought written from its action: the first (regex, template) whose regex matches the
+    whole action, filled with its groups; else `otherwise`. (No model wrote these thoughts.)"""
+    for pattern, template in templates:
+        match = re.fullmatch(pattern, action)
+        if match:
+            return template.format(*match.groups())
+    return otherwise

@@ -22,9 +22,7 @@ takes knowing where things go, which a model learns from the train tasks.
   already), written as ReAct turns with thoughts templated from each action (not written by a model).
   Every gold path reaches a full score (tests check a sample of every split).
 """
-import re
-
-from envs import INVALID, check_split
+from envs import INVALID, check_split, templated_thought
 
 GAME_PARAMS = "numLocations=1,numItemsToPutAway=2,includeDoors=0,limitInventorySize=0"
 MAX_STEPS = 40
@@ -51,14 +49,10 @@ def start_jvm():
 
 def thought_for(action):
     """A templated thought for a gold action."""
-    templates = [(r"take (.+)", "The {0} is out of place. I pick it up."),
-                 (r"open (.+)", "I open the {0} to put things in it."),
-                 (r"put (.+?) (in|on) (.+)", "The {0} belongs {1} the {2}.")]
-    for pattern, template in templates:
-        match = re.fullmatch(pattern, action)
-        if match:
-            return template.format(*match.groups())
-    return "That is the next step."
+    return templated_thought(action, [(r"take (.+)", "The {0} is out of place. I pick it up."),
+                                      (r"open (.+)", "I open the {0} to put things in it."),
+                                      (r"put (.+?) (in|on) (.+)", "The {0} belongs {1} the {2}.")],
+                             "That is the next step.")
 
 
 class HouseholdEnv:

@@ -31,10 +31,9 @@ Choices, as in the paper and its authors' setup unless said otherwise:
 runs that must fit in CPU time. One JVM per env object, started once and reused across episodes (reset loads the next variation:
 about a second); rollouts keep one env per active episode.
 """
-import re
 from functools import lru_cache
 
-from envs import INVALID, check_split
+from envs import INVALID, check_split, templated_thought
 
 EXCLUDED = ("inclined-plane-determine-angle", "inclined-plane-friction-named-surfaces",
             "inclined-plane-friction-unnamed-surfaces", "mendelian-genetics-known-plant",
@@ -138,11 +137,7 @@ def thought_for(action):
         (r"wait\d*", "I wait for the process to go on."),
         (r"mix (.+)", "I mix the {0}."),
     ]
-    for pattern, template in templates:
-        match = re.fullmatch(pattern, action)
-        if match:
-            return template.format(*match.groups())
-    return "That is the next step of the task."
+    return templated_thought(action, templates, "That is the next step of the task.")
 
 
 class ScienceWorldEnv:
