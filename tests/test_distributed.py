@@ -41,6 +41,7 @@ def expert_file(tmp_path, n):
     return path, records
 
 
+@pytest.mark.slow  # six process starts: ~66 s on 2 cores
 def test_two_processes_train_what_one_process_with_two_passes_trains(tmp_path):
     expert, records = expert_file(tmp_path, 25)
     # 25 trajectories in steps of 8: the last step has 1, so the second rank's share is empty there
