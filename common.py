@@ -173,6 +173,14 @@ def shard(items, rank, world):
     return items[rank * per_rank:(rank + 1) * per_rank]
 
 
+def gather_lists(items, world):
+    """Every rank's list, concatenated in rank order, on every rank."""
+    import torch.distributed as dist
+    shares = [None] * world
+    dist.all_gather_object(shares, items)
+    return [item for share in shares for item in share]
+
+
 def all_sum(value, world, device):
     """A number summed over the ranks (alone: the number)."""
     if world == 1:

@@ -16,12 +16,10 @@ within the turn, stop at the end-of-turn token). The action is what follows `Act
 none gets an invalid-format observation and still costs a step. Pairs are built from the output by
 pairs.py (step 3).
 
-Output: one JSON line per trajectory: task_id, env, split, sample, messages (system, user, assistant
-...; observations are user turns starting "Observation: "), reward, success, steps, invalid_actions,
-stop ("done", "max_steps" or "context"), temperature, top_p, seed, and with --teacher-force
-forced_turns (the expert's turns replayed before the agent acted), with --in-context in_context (the
-example's task id). The last line printed is a JSON summary: n, avg_reward (x100), success_rate (x100),
-invalid_action_rate; OUT.args.json records it.
+Output: a JSON line per trajectory: task_id, env, split, sample, messages (observations are user turns
+"Observation: ..."), reward, success, steps, invalid_actions, stop (done, max_steps, context),
+temperature, top_p, seed; forced_turns with --teacher-force, in_context with --in-context. The last
+line printed is a JSON summary (n, avg_reward x100, success_rate x100, ...); OUT.args.json records it.
 """
 import argparse
 import json
@@ -33,8 +31,8 @@ import torch
 from tqdm import tqdm
 
 import envs
-from common import (InputError, add_system_flags, check_trajectory, end_of_turn_token, init_distributed, load_model,
-                    read_jsonl, run_main, set_seed, write_json, write_jsonl)
+from common import (InputError, add_system_flags, check_trajectory, end_of_turn_token, gather_lists, init_distributed,
+                    load_model, read_jsonl, run_main, set_seed, write_json, write_jsonl)
 
 INVALID_FORMAT = (f"{envs.INVALID}: no 'Action:' found. Reply as 'Thought: ...' on one line and "
                   f"'Action: ...' on the next.")
@@ -89,18 +87,14 @@ def make_generate_policy(model, tokenizer, temperature=0.0, top_p=1.0, max_new_t
 def make_expert_policy(env):
     """A policy that replays the env's expert turns (the turn index is the number of replies so far)."""
     def policy(conversations, task_ids):
-        replies = []
-        for conversation, task_id in zip(conversations, task_ids):
-            turn = sum(m["role"] == "assistant" for m in conversation)
-            replies.append((env.expert(task_id)[turn], True))
-        return replies
+        return [(env.expert(task_id)[sum(m["role"] == "assistant" for m in conversation)], True)
+                for conversation, task_id in zip(conversations, task_ids)]
     return policy
 
 
 def make_in_context_policy(policy, example):
-    """The authors' prompt at exploration and test time: one expert trajectory shown before the task, as
-    earlier turns after the system message, so an untuned chat model sees the format once. The records
-    keep only the task's own turns (SFT data and pairs never hold the example)."""
+    """The authors' prompt at exploration and test time: one expert trajectory shown as earlier turns after
+    the system message. The records keep only the task's own turns (SFT data and pairs never hold it)."""
     shown = [message for message in example["messages"] if message["role"] != "system"]
 
     def in_context_policy(conversations, task_ids):
@@ -112,19 +106,11 @@ def make_forcing_policy(policy, forced_turns):
     """Teacher forcing (step-level pairs): an episode whose task has forced turns left replays them; the
     other episodes of the batch go to `policy` in one call."""
     def forcing_policy(conversations, task_ids):
-        replies = [None] * len(conversations)
-        free = []  # episodes past their forced turns
-        for i, (conversation, task_id) in enumerate(zip(conversations, task_ids)):
-            turn = sum(m["role"] == "assistant" for m in conversation)
-            if turn < len(forced_turns[task_id]):
-                replies[i] = (forced_turns[task_id][turn], True)
-            else:
-                free.append(i)
-        if free:
-            agent_replies = policy([conversations[i] for i in free], [task_ids[i] for i in free])
-            for i, reply in zip(free, agent_replies):
-                replies[i] = reply
-        return replies
+        turns = [sum(m["role"] == "assistant" for m in conversation) for conversation in conversations]
+        free = [i for i, (turn, task_id) in enumerate(zip(turns, task_ids)) if turn >= len(forced_turns[task_id])]
+        agent_replies = iter(policy([conversations[i] for i in free], [task_ids[i] for i in free]) if free else [])
+        return [next(agent_replies) if i in free else (forced_turns[task_id][turn], True)
+                for i, (turn, task_id) in enumerate(zip(turns, task_ids))]
     return forcing_policy
 
 
@@ -208,8 +194,7 @@ def rollout(env_name, episodes, policy, batch_size=32, max_steps=None, desc="rol
 
 
 def summarize(records):
-    n = len(records)
-    steps = sum(r["steps"] for r in records)
+    n, steps = len(records), sum(r["steps"] for r in records)
     return {"n": n, "avg_reward": round(100 * sum(r["reward"] for r in records) / max(n, 1), 2),
             "success_rate": round(100 * sum(r["success"] for r in records) / max(n, 1), 2),
             "invalid_action_rate": round(sum(r["invalid_actions"] for r in records) / max(steps, 1), 4),
@@ -253,7 +238,7 @@ def main():
     parser.add_argument("--max-observation-chars", type=int, default=None,
                         help="cut longer observations (default: the env's; shop: none, scienceworld: 1000; 0: none)")
     parser.add_argument("--batch-size", type=int, default=32, help="episodes advanced by one generate call")
-    # step-level exploration
+    # the prompt: step-level exploration, an in-context example
     parser.add_argument("--teacher-force", metavar="EXPERT_JSONL",
                         help="step-level exploration (paper App. B): replay the expert's first t-1 turns of each "
                              "task, t drawn from 2..T by --seed, then let the agent act")
@@ -263,9 +248,8 @@ def main():
     args = parser.parse_args()
     check_arguments(args)
     example = read_jsonl(args.in_context, ("task_id", "messages"), check_trajectory)[0] if args.in_context else None
-    expert_records = None
-    if args.teacher_force:
-        expert_records = read_jsonl(args.teacher_force, ("task_id", "messages", "reward"), check_trajectory)
+    expert_records = (read_jsonl(args.teacher_force, ("task_id", "messages", "reward"), check_trajectory)
+                      if args.teacher_force else None)
 
     started = time.time()
     rank, world, args.device = init_distributed(args.device)  # under torchrun: every world-th episode per rank
@@ -295,13 +279,11 @@ def main():
     records = rollout(args.env, episodes[rank::world], policy, batch_size=args.batch_size, max_steps=args.max_steps,
                       desc=args.split, max_observation_chars=args.max_observation_chars)
     if world > 1:  # rank 0 writes every rank's episodes, in the order one process would have
-        import torch.distributed as dist
-        shares = [None] * world
-        dist.all_gather_object(shares, records)
+        records = gather_lists(records, world)
         if rank > 0:
             return
         position = {episode: i for i, episode in enumerate(episodes)}
-        records = sorted((r for share in shares for r in share), key=lambda r: position[(r["task_id"], r["sample"])])
+        records.sort(key=lambda r: position[(r["task_id"], r["sample"])])
     for record in records:
         record.update({"env": args.env, "split": args.split, "success": record["reward"] >= 1.0,
                        "seed": args.seed, "policy": "expert" if args.expert else args.model, **settings})
