@@ -17,6 +17,7 @@ Timings are wall-clock seconds on this machine (torch threads: as torch sets the
 medians of a few repeats where a repeat is cheap.
 """
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -26,12 +27,13 @@ import time
 import torch
 
 import envs
-from common import InputError, autocast, run_main, load_model, pad_batch, read_jsonl, sequence_logps, tokenize_conversation
+from common import InputError, autocast, end_of_turn_token, run_main, load_model, pad_batch, read_jsonl, sequence_logps, tokenize_conversation
 from dpo import accumulate_step, build_parser as dpo_parser, reference_logps, tokenize_pair
 from explore import make_generate_policy, rollout
 from sft import length_batches, masked_nll
 
 SECTIONS = ("matmul", "sft", "dpo", "rollout", "loop")
+DEVICE = "cpu"  # --device: where the model runs and the matmuls are timed
 
 
 class Rows(list):
@@ -46,14 +48,24 @@ def timed(function, repeats=3):
     function()
     seconds = []
     for _ in range(repeats):
+        synchronize()
         started = time.perf_counter()
         function()
+        synchronize()
         seconds.append(time.perf_counter() - started)
     return statistics.median(seconds)
 
 
+def synchronize():
+    """Wait for queued GPU work, so a wall-clock time covers it."""
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def matmul_peak(dtype, n=1024):
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    if DEVICE.startswith("cuda"):
+        n = 8192  # a GPU needs a large product to reach its peak
+    a, b = torch.randn(n, n, dtype=dtype, device=DEVICE), torch.randn(n, n, dtype=dtype, device=DEVICE)
     return 2 * n ** 3 / timed(lambda: a @ b, repeats=10) / 1e9
 
 
@@ -78,8 +90,8 @@ def bench_sft(model, tokenizer, expert, rows, batch_size=16, n_batches=2):
     for precision in ("none", "bf16"):
         def step():
             for batch in work:
-                with autocast("cpu", precision):
-                    loss_sum, count = masked_nll(model, batch, "cpu")
+                with autocast(DEVICE, precision):
+                    loss_sum, count = masked_nll(model, batch, DEVICE)
                 (loss_sum / count).backward()
             model.zero_grad(set_to_none=True)
         seconds = timed(step, repeats=1)
@@ -91,9 +103,9 @@ def bench_dpo(model, tokenizer, pairs_path, rows, n_pairs=16):
     pairs = read_jsonl(pairs_path, ("prompt", "chosen", "rejected"))[:n_pairs]
     examples = [tokenize_pair(tokenizer, p) for p in pairs]
     args = dpo_parser().parse_args(["--model", "m", "--pairs", "p", "--out", "o", "--beta", "1", "--sft-weight", "1",
-                                    "--micro-batch-size", "8", "--device", "cpu"])
+                                    "--micro-batch-size", "8", "--device", DEVICE])
     model.eval()
-    reference = reference_logps(model, examples, "cpu", False)
+    reference = reference_logps(model, examples, DEVICE, False)
     indices = list(range(len(examples)))
     two = [[(e[0], e[1]) for e in examples[i:i + 8]] + [(e[2], e[3]) for e in examples[i:i + 8]] for i in range(0, len(examples), 8)]
     separate = [[(e[0], e[1]) for e in examples[i:i + 8]] for i in range(0, len(examples), 8)] + \
@@ -107,20 +119,20 @@ def bench_dpo(model, tokenizer, pairs_path, rows, n_pairs=16):
 
     def online():
         with torch.no_grad():
-            reference_logps(model, examples, "cpu", False, batch_size=8)
+            reference_logps(model, examples, DEVICE, False, batch_size=8)
         precomputed()
 
     def concatenated():  # one forward over chosen and rejected of each micro-batch
         for batch in two:
-            logps, _ = sequence_logps(model, batch, "cpu")
+            logps, _ = sequence_logps(model, batch, DEVICE)
             logps.sum().backward()
         model.zero_grad(set_to_none=True)
 
     def two_forwards():
         for i in range(0, len(two)):
             half = len(two[i]) // 2
-            chosen, _ = sequence_logps(model, two[i][:half], "cpu")
-            rejected, _ = sequence_logps(model, two[i][half:], "cpu")
+            chosen, _ = sequence_logps(model, two[i][:half], DEVICE)
+            rejected, _ = sequence_logps(model, two[i][half:], DEVICE)
             (chosen.sum() + rejected.sum()).backward()
         model.zero_grad(set_to_none=True)
 
@@ -131,23 +143,60 @@ def bench_dpo(model, tokenizer, pairs_path, rows, n_pairs=16):
     rows.append(("dpo", "forward+backward, one concatenated forward", f"{timed(concatenated, 2):.2f} s"))
 
 
-def bench_rollout(model, tokenizer, rows, n_episodes=32, default_batch=32):
-    env = envs.make("shop")
-    episodes = [(task_id, 0) for task_id in env.task_ids("test_unseen")[:n_episodes]]
-    policy = make_generate_policy(model, tokenizer)
-    generated = {}
-    for batch_size in (1, default_batch):
-        started = time.perf_counter()
-        records = rollout("shop", episodes, policy, batch_size=batch_size)
-        seconds = time.perf_counter() - started
-        replies = [m["content"] for r in records for m in r["messages"] if m["role"] == "assistant"]
-        generated[batch_size] = sum(len(tokenizer(reply)["input_ids"]) + 1 for reply in replies)  # + end of turn
-        rows.append(("rollout", f"{n_episodes} episodes at batch {batch_size}",
-                     f"{seconds:.1f} s, {n_episodes / seconds:.1f} episodes/s, {generated[batch_size] / seconds:,.0f} generated tokens/s"))
-    # what the forward alone allows: one batch of full conversations, scored in one pass
+def generate_policy(model, tokenizer, max_new_tokens=64):
+    """The rollout policy before the hand-written decode: transformers' `generate`, the whole conversation
+    re-encoded every turn (kept here to measure against)."""
+    from transformers import GenerationConfig
+    stop_ids = sorted({tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)), tokenizer.eos_token_id})
+    config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
+                              do_sample=False)
+
+    @torch.no_grad()
+    def policy(conversations, task_ids=None):
+        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        tokenizer.padding_side = "left"
+        batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
+        output = model.generate(**batch, generation_config=config)[:, batch["input_ids"].shape[1]:].tolist()
+        return [(tokenizer.decode(row, skip_special_tokens=True).split("\nObservation:")[0].strip(),
+                 any(t in stop_ids for t in row)) for row in output]
+    return policy
+
+
+def bench_rollout(model, tokenizer, rows, n_episodes=64, default_batch=32):
+    settings = [("shop", None, None)]
+    if importlib.util.find_spec("scienceworld"):  # longer episodes: 10 turns, observations cut at 400 characters
+        settings.append(("scienceworld", 10, 400))
+    for env_name, max_steps, max_chars in settings:
+        env = envs.make(env_name)
+        episodes = [(task_id, 0) for task_id in env.task_ids("test_unseen")[:n_episodes if env_name == "shop" else 16]]
+        where = f"{env_name} test_unseen, {len(episodes)} episodes"
+        records_by_variant = {}
+        for name, make_policy, batch_size in (
+                ("generate(), batch 1", lambda: generate_policy(model, tokenizer), 1),
+                (f"generate(), batch {default_batch}", lambda: generate_policy(model, tokenizer), default_batch),
+                (f"own decode, re-encoding every turn, batch {default_batch}",
+                 lambda: make_generate_policy(model, tokenizer, reuse_cache=False), default_batch),
+                ("own decode, KV cache kept across turns, batch 1 (explore.py)", lambda: make_generate_policy(model, tokenizer), 1),
+                (f"own decode, KV cache kept across turns, batch {default_batch} (explore.py)",
+                 lambda: make_generate_policy(model, tokenizer), default_batch)):
+            policy = make_policy()
+            started = time.perf_counter()
+            records = rollout(env_name, episodes, policy, batch_size=batch_size, max_steps=max_steps,
+                              max_observation_chars=max_chars)
+            seconds = time.perf_counter() - started
+            records_by_variant[name] = [r["messages"] for r in records]
+            replies = [m["content"] for r in records for m in r["messages"] if m["role"] == "assistant"]
+            generated = sum(len(tokenizer(reply)["input_ids"]) + 1 for reply in replies)  # + end of turn
+            fed = f", {policy.stats['prompt_tokens']:,} prompt tokens fed" if hasattr(policy, "stats") else ""
+            rows.append(("rollout", f"{where}: {name}",
+                         f"{seconds:.1f} s, {len(episodes) / seconds:.1f} episodes/s, {generated / seconds:,.0f} generated tokens/s{fed}"))
+        same = len({json.dumps(messages) for messages in records_by_variant.values()}) == 1
+        rows.append(("rollout", f"{where}: the five variants' trajectories identical", "yes" if same else "NO"))
+        shop_records = records if env_name == "shop" else shop_records
+    # what the forward alone allows: one batch of full shop conversations, scored in one pass
     conversations = [tokenizer(tokenizer.apply_chat_template(r["messages"], tokenize=False), add_special_tokens=False)["input_ids"]
-                     for r in records[:default_batch]]
-    ids = pad_batch(conversations, tokenizer.pad_token_id)
+                     for r in shop_records[:default_batch]]
+    ids = pad_batch(conversations, tokenizer.pad_token_id).to(DEVICE)
     with torch.no_grad():
         seconds = timed(lambda: model(input_ids=ids), repeats=3)
     tokens = sum(len(c) for c in conversations)
@@ -169,21 +218,26 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/default", help="a finished loop.py run: its sft model, expert data, pairs")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of: {', '.join(SECTIONS)}")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the model runs (fp32 weights either way)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
     sections = args.only.split(",")
     needed = [os.path.join(args.run, p) for p in ("sft", "expert.jsonl", "iter1/pairs.jsonl")]
     missing = [p for p in needed if not os.path.exists(p)]
     if missing:
         raise InputError(f"{missing[0]} is missing: run `python loop.py --run {args.run}` first")
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, model {args.run}/sft\n")
+    where = torch.cuda.get_device_name() if DEVICE.startswith("cuda") else \
+        f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    print(f"torch {torch.__version__}, {where}, model {args.run}/sft\n")
     print("| section | measure | value |\n|---|---|---|", flush=True)
     rows = Rows()
     if "matmul" in sections:
-        rows.append(("matmul", "fp32 matmul peak (1024^3)", f"{matmul_peak(torch.float32):.0f} GFLOP/s"))
-        rows.append(("matmul", "bf16 matmul peak (1024^3)", f"{matmul_peak(torch.bfloat16):.0f} GFLOP/s"))
-    model, tokenizer = load_model(os.path.join(args.run, "sft"))
+        size = "8192^3" if DEVICE.startswith("cuda") else "1024^3"
+        rows.append(("matmul", f"fp32 matmul peak ({size})", f"{matmul_peak(torch.float32):.0f} GFLOP/s"))
+        rows.append(("matmul", f"bf16 matmul peak ({size})", f"{matmul_peak(torch.bfloat16):.0f} GFLOP/s"))
+    model, tokenizer = load_model(os.path.join(args.run, "sft"), DEVICE, dtype="float32")
     if "sft" in sections:
         bench_sft(model, tokenizer, read_jsonl(os.path.join(args.run, "expert.jsonl")), rows)
     if "dpo" in sections:

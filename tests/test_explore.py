@@ -91,6 +91,78 @@ def test_batched_greedy_equals_one_by_one():
     assert len({r["messages"][2]["content"] for r in batched}) > 1  # the episodes really differ
 
 
+def briefly_trained_model(steps=10):
+    """A tiny model after a few SFT steps on expert data: its replies start 'Thought: ...' and re-tokenize to
+    the tokens it generated, so the rollout's KV cache is carried across turns (a random model's are not)."""
+    from common import tokenize_conversation
+    from sft import masked_nll
+    torch.manual_seed(0)
+    expert = rollout("shop", [(t, 0) for t in ENV.task_ids("train")[:40]], make_expert_policy(ENV))
+    tokenizer = build_tiny_tokenizer([m["content"] for r in expert for m in r["messages"]], 400)
+    model = build_tiny_model(tokenizer, hidden=32, layers=1)
+    examples = [tokenize_conversation(tokenizer, r["messages"]) for r in expert]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(steps):
+        loss, count = masked_nll(model, examples[step * 4 % 40:][:4], "cpu")
+        (loss / count).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval(), tokenizer
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_greedy_with_the_kv_cache_kept_across_turns_equals_re_encoding_every_turn(trained):
+    model, tokenizer = briefly_trained_model() if trained else random_model()
+    episodes = [(task_id, 0) for task_id in ENV.task_ids("test_seen")[:6]]
+    records, stats = {}, {}
+    for reuse in (False, True):
+        policy = make_generate_policy(model, tokenizer, max_new_tokens=24, reuse_cache=reuse)
+        records[reuse] = [r["messages"] for r in rollout("shop", episodes, policy, batch_size=4, max_steps=4)]
+        stats[reuse] = policy.stats
+    assert records[True] == records[False]
+    assert stats[False]["reused"] == 0 and stats[False]["fresh"] == stats[True]["fresh"] + stats[True]["reused"]
+    if trained:  # the cache was carried: rows continued, and far fewer tokens fed than re-encoding feeds
+        assert stats[True]["reused"] >= 6 and stats[True]["prompt_tokens"] < stats[False]["prompt_tokens"] / 2
+    else:        # a random model's replies re-tokenize differently: every row starts afresh, still correct
+        assert stats[True]["reused"] == 0
+
+
+def test_a_model_that_ignores_the_cache_is_refused_loudly():
+    """transformers renamed the cache argument; a model that takes neither name would decode from the new
+    token alone (an H100 run scored 0 that way): the policy stops instead of acting on garbage."""
+    model, tokenizer = random_model()
+    forward = model.forward
+    model.forward = lambda input_ids, attention_mask, position_ids, use_cache, **ignored: \
+        forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    policy = make_generate_policy(model, tokenizer, max_new_tokens=4)
+    with pytest.raises(RuntimeError, match="did not fill the KV cache"):
+        policy([[{"role": "user", "content": "hi"}]])
+
+
+def test_sampling_draws_as_generate_does():
+    """The hand-written decode samples like transformers' `generate` (its default top-k 50 included), token for token."""
+    from transformers import GenerationConfig
+    model, tokenizer = random_model()
+    conversations = [[{"role": "user", "content": ENV.reset(t)}] for t in ENV.task_ids("train")[:3]]
+    for temperature, top_p in ((1.0, 1.0), (0.7, 0.9)):
+        policy = make_generate_policy(model, tokenizer, temperature=temperature, top_p=top_p, max_new_tokens=8, seed=3)
+        ours = policy(conversations)
+        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        tokenizer.padding_side = "left"
+        batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        torch.manual_seed(3 * 100003)
+        config = GenerationConfig(max_new_tokens=8, do_sample=True, temperature=temperature, top_p=top_p,
+                                  eos_token_id=policy_stop_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
+        output = model.generate(**batch, generation_config=config)[:, batch["input_ids"].shape[1]:]
+        theirs = [tokenizer.decode(row, skip_special_tokens=True).split("\nObservation:")[0].strip() for row in output.tolist()]
+        assert [reply for reply, _ in ours] == theirs
+
+
+def policy_stop_ids(tokenizer):
+    from common import end_of_turn_token
+    return sorted({tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)), tokenizer.eos_token_id})
+
+
 def run(*args):
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
