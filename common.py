@@ -122,11 +122,12 @@ def write_json(path, obj):
     os.replace(tmp, path)
 
 
-def save_model_atomically(model, tokenizer, out, args_record):
-    """save_pretrained into a temp folder, then swap it in: an earlier good folder survives a crash."""
+def save_model_atomically(model, tokenizer, out, args_record, state_dict=None):
+    """save_pretrained into a temp folder, then swap it in: an earlier good folder survives a crash.
+    `state_dict`: the weights to write instead of the model's own (gathered from sharded ranks)."""
     tmp, old = f"{out.rstrip('/')}.tmp{os.getpid()}", f"{out.rstrip('/')}.old{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     write_json(os.path.join(tmp, "args.json"), args_record)
     if os.path.exists(out):
@@ -189,6 +190,58 @@ def all_sum(value, world, device):
     total = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return total.item()
+
+
+def wrap_for_ranks(model, world, fsdp=False):
+    """The module a step trains through. Alone: the model. Several ranks: DistributedDataParallel (a full
+    copy on every rank, gradients averaged in backward), or with `fsdp` PyTorch's own fully_shard: every
+    decoder layer, then the rest, sharded over the ranks, so weights, gradients and optimizer state take
+    1/N of the memory each and a layer is gathered only while it computes. Build the optimizer after this."""
+    if world == 1:
+        return model
+    if not fsdp:
+        return torch.nn.parallel.DistributedDataParallel(model)
+    from torch.distributed.fsdp import fully_shard
+    layer_classes = set(getattr(model, "_no_split_modules", None) or ())  # HF names its decoder layer here
+    for module in model.modules():
+        if type(module).__name__ in layer_classes:
+            fully_shard(module)
+    fully_shard(model)
+    return model
+
+
+@contextlib.contextmanager
+def gradient_sync(model, world, sync):
+    """A step's passes before its last keep their gradients on their rank (`sync` False): the ranks
+    average once per step, in the last pass's backward."""
+    if world == 1 or sync:
+        yield
+    elif hasattr(model, "no_sync"):  # DistributedDataParallel
+        with model.no_sync():
+            yield
+    else:  # fully_shard
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+
+
+def as_many_passes(passes, world, fsdp, device):
+    """Under fully_shard every forward gathers weights from all ranks, so every rank must run as many passes
+    as the busiest: this rank's passes, then None for each pass it runs at weight 0 to keep up."""
+    if world == 1 or not fsdp:
+        return passes
+    import torch.distributed as dist
+    most = torch.tensor([len(passes)], device=device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    return passes + [None] * (int(most.item()) - len(passes))
+
+
+def full_state_dict(model):
+    """The whole model's weights on CPU, gathered from the ranks' shards: every rank must call this."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 # ---- models -----------------------------------------------------------------------------------------

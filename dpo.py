@@ -8,6 +8,7 @@
         --dpo-weight 0 --sft-weight 1     # the control: same chosen data and steps, no preference signal
     torchrun --nproc-per-node 2 dpo.py --model runs/demo/sft --pairs runs/demo/iter1/pairs.jsonl \
         --out runs/demo/iter1/model       # each rank a share of every step (DDP): the 1-process gradient
+                                          # (--fsdp: each rank holds 1/N of the weights, fully_shard)
 
 A trajectory's log-prob is the SUM of log p over the agent's tokens of the whole multi-turn
 continuation (observations inside it are masked, with common.py's `tokenize_conversation`); the
@@ -17,7 +18,6 @@ the reference and the policy then score a pair alike, and the first step's loss 
 The output is a `save_pretrained` folder with args.json.
 """
 import argparse
-import contextlib
 import json
 import math
 import random
@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (InputError, add_system_flags, all_sum, autocast, check_messages, checkpoint_activations,
-                    init_distributed, load_model, micro_batches, read_jsonl, run_main, save_model_atomically,
-                    sequence_logps, set_seed, shard, stop_if_diverged, tokenize_conversation)
+from common import (InputError, add_system_flags, all_sum, as_many_passes, autocast, check_messages,
+                    checkpoint_activations, full_state_dict, gradient_sync, init_distributed, load_model, micro_batches,
+                    read_jsonl, run_main, save_model_atomically, sequence_logps, set_seed, shard, stop_if_diverged,
+                    tokenize_conversation, wrap_for_ranks)
 
 
 GRAD_CLIP = 1.0  # max gradient norm per step, the authors' (and HF Trainer's) default
@@ -111,10 +112,12 @@ def accumulate_step(model, examples, step_indices, reference, args, rank=0, worl
     # both sides' activations live until backward: a pair costs twice its longer side
     passes = micro_batches(mine or step_indices[:1], args.micro_batch_size, args.token_budget,
                            length=lambda i: 2 * max(len(examples[i][0]), len(examples[i][2])))
+    passes = as_many_passes(passes, world, getattr(args, "fsdp", False), args.device)
     for n, micro in enumerate(passes):
+        weight = weight if micro else 0  # a pass run only to keep up with the other ranks counts nothing
+        micro = micro or step_indices[:1]
         batch = [examples[i] for i in micro]
-        sync = model.no_sync() if world > 1 and n < len(passes) - 1 else contextlib.nullcontext()
-        with sync:
+        with gradient_sync(model, world, sync=n == len(passes) - 1):
             with autocast(args.device, args.autocast):
                 chosen_logps, counts = sequence_logps(model, [(e[0], e[1]) for e in batch], args.device, args.average_logps)
                 with torch.set_grad_enabled(args.dpo_weight != 0):  # the NLL-only control just watches this side
@@ -163,6 +166,8 @@ def build_parser():
                                                                               "less memory for a large model, ~1/3 more time")
     parser.add_argument("--token-budget", type=int, default=None, help="padded tokens per forward pass, both sides, at "
                                                                        "most (0: no limit); default 0 under 50M parameters, else 4096")
+    parser.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and optimizer "
+                                                            "state over the ranks (fully_shard) instead of a copy each (DDP)")
     parser.add_argument("--warmup-ratio", type=float, default=0.1, help="then constant, as the authors' script")
     add_system_flags(parser)
     return parser
@@ -204,13 +209,13 @@ def main():
     rng = random.Random(args.seed)
     total_steps = math.ceil(len(examples) / args.batch_size) * args.epochs
     warmup = max(1, int(args.warmup_ratio * total_steps))
+    # several ranks: DDP or fully_shard averages the ranks' gradients in the last backward of a step
+    trained = wrap_for_ranks(model, world, args.fsdp)  # before the optimizer: fully_shard replaces the weights
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     if rank == 0:
         print(f"dpo: {len(examples)} pairs ({skipped} skipped, {truncated} truncated), {total_steps} steps, beta {args.beta}, "
               f"lr {args.lr}, {world} process(es)", file=sys.stderr)
-    # several ranks: DistributedDataParallel averages the ranks' gradients in the last backward of a step
-    trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     history, progress = [], tqdm(total=total_steps, desc="dpo", leave=False, disable=rank > 0)
     for epoch in range(1, args.epochs + 1):
@@ -219,7 +224,7 @@ def main():
         for start in range(0, len(order), args.batch_size):
             metrics = accumulate_step(trained, examples, order[start:start + args.batch_size], reference, args, rank, world)
             stop_if_diverged(metrics["loss"], model, tokenizer, args.out, {"args": vars(args), "history": history},
-                             f"epoch {epoch} step {len(history) + 1}", save=rank == 0)
+                             f"epoch {epoch} step {len(history) + 1}", save=rank == 0 and not args.fsdp)
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
             optimizer.step()
             scheduler.step()
@@ -233,8 +238,10 @@ def main():
     summary = {"stage": "dpo", "out": args.out, "pairs": len(examples), "skipped": skipped, "truncated": truncated,
                "steps": len(history), **{k: round(sum(h[k] for h in last) / len(last), 4) for k in history[-1] if k != "epoch"},
                "seconds": round(time.time() - started, 1)}
+    state = full_state_dict(model) if world > 1 and args.fsdp else None  # every rank sends its shards
     if rank == 0:  # one writer: the ranks hold the same weights
-        save_model_atomically(model, tokenizer, args.out, {"args": vars(args), "history": history, "summary": summary})
+        save_model_atomically(model, tokenizer, args.out, {"args": vars(args), "history": history, "summary": summary},
+                              state_dict=state)
         print(json.dumps(summary))
 
 

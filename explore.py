@@ -11,8 +11,8 @@
                                                      # each rank every 2nd episode; greedy: the same records
 
 `--expert` plays the env's expert; `--model PATH` lets the agent act, greedily unless `--temperature`
-is above 0. Each turn, one `generate` call advances every unfinished episode of a batch (KV cache
-within the turn, stop at the end-of-turn token). The action is what follows `Action:`; a reply with
+is above 0. Each turn, one batched decode advances every unfinished episode of a batch, stopping at the
+end-of-turn token; each episode's KV cache is kept from turn to turn, so only new tokens are fed. The action is what follows `Action:`; a reply with
 none gets an invalid-format observation and still costs a step. Pairs are built from the output by
 pairs.py (step 3).
 
@@ -309,7 +309,7 @@ def main():
     parser.add_argument("--max-steps", type=int, default=None, help="actions per episode (default: the env's)")
     parser.add_argument("--max-observation-chars", type=int, default=None,
                         help="cut longer observations (default: the env's; shop: none, scienceworld: 1000; 0: none)")
-    parser.add_argument("--batch-size", type=int, default=32, help="episodes advanced by one generate call")
+    parser.add_argument("--batch-size", type=int, default=32, help="episodes advanced together, one decode a turn")
     # the prompt: step-level exploration, an in-context example
     parser.add_argument("--teacher-force", metavar="EXPERT_JSONL",
                         help="step-level exploration (paper App. B): replay the expert's first t-1 turns of each "

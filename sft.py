@@ -8,6 +8,8 @@
         --out runs/demo/rft/model --epochs 2 --lr 1e-3         # RFT: expert + the agent's own successes
     torchrun --nproc-per-node 2 sft.py --model tiny --data runs/demo/expert.jsonl --out runs/demo/sft
                                        # each rank a share of every step (DDP): the 1-process gradient
+    torchrun --nproc-per-node 8 sft.py --model path/to/chat-model --data runs/demo/expert.jsonl --out runs/demo/sft \
+        --fsdp                         # each rank 1/8 of the weights, gradients, optimizer state (fully_shard)
 
 `--model tiny` builds the offline default: a byte-level BPE tokenizer trained on the data with a ChatML
 chat template, and a ~2M-parameter Llama-style model from a config. Any other value is loaded with
@@ -16,7 +18,6 @@ chat-template path. The output is a `save_pretrained` folder (safetensors) with 
 Shared plumbing (JSONL, model loading, the per-turn loss mask `tokenize_conversation`) is in common.py.
 """
 import argparse
-import contextlib
 import json
 import math
 import random
@@ -26,9 +27,10 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import (InputError, add_system_flags, all_sum, autocast, check_trajectory, checkpoint_activations,
-                    init_distributed, load_model, micro_batches, read_jsonl, run_main, save_model_atomically,
-                    sequence_logps, set_seed, shard, stop_if_diverged, tokenize_conversation)
+from common import (InputError, add_system_flags, all_sum, as_many_passes, autocast, check_trajectory,
+                    checkpoint_activations, full_state_dict, gradient_sync, init_distributed, load_model, micro_batches,
+                    read_jsonl, run_main, save_model_atomically, sequence_logps, set_seed, shard, stop_if_diverged,
+                    tokenize_conversation, wrap_for_ranks)
 
 # defaults that fit the model: a model built from scratch needs a high lr and many epochs, a pretrained
 # one is wrecked by them (measured: SmolLM2-135M at lr 3e-3 gave 0 reward; the paper: 1e-5, 3 epochs)
@@ -133,6 +135,8 @@ def main():
                                                                               "less memory for a large model, ~1/3 more time")
     parser.add_argument("--token-budget", type=int, default=None, help="padded tokens per forward pass, at most (0: no "
                                                                        "limit); default 0 for tiny, 4096 for a loaded model")
+    parser.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and optimizer "
+                                                            "state over the ranks (fully_shard) instead of a copy each (DDP)")
     # tiny model shape
     parser.add_argument("--tiny-hidden", type=int, default=192)
     parser.add_argument("--tiny-layers", type=int, default=4)
@@ -179,6 +183,11 @@ def main():
 
     steps_per_epoch = math.ceil(len(train_examples) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
+    model.train()
+    if args.gradient_checkpointing:
+        checkpoint_activations(model)
+    # several ranks: DDP or fully_shard averages the ranks' gradients in the last backward of a step
+    trained = wrap_for_ranks(model, world, args.fsdp)  # before the optimizer: fully_shard replaces the weights
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(max(1, int(args.warmup_ratio * total_steps)), total_steps))
@@ -186,11 +195,6 @@ def main():
         print(f"sft: {n_params / 1e6:.2f}M params, {len(train_examples)} train / {len(dev_examples)} dev examples, "
               f"{skipped} skipped, {truncated} truncated, {total_steps} steps max, {world} process(es)", file=sys.stderr)
 
-    model.train()
-    if args.gradient_checkpointing:
-        checkpoint_activations(model)
-    # several ranks: DistributedDataParallel averages the ranks' gradients in the last backward of a step
-    trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     best_dev, best_state, bad_epochs, history = float("inf"), None, 0, []
     for epoch in range(1, args.epochs + 1):
         batches = length_batches(train_examples, args.batch_size, rng)
@@ -202,17 +206,17 @@ def main():
             mine = shard(batch, rank, world)
             weight = world if mine else 0
             passes = micro_batches(mine or batch[:1], args.micro_batch_size, args.token_budget, length=lambda e: len(e[0]))
+            passes = as_many_passes(passes, world, args.fsdp, args.device)
             for i, micro in enumerate(passes):
-                sync = trained.no_sync() if world > 1 and i < len(passes) - 1 else contextlib.nullcontext()
-                with sync:
+                with gradient_sync(trained, world, sync=i == len(passes) - 1):
                     with autocast(args.device, args.autocast):
-                        loss_sum, count = masked_nll(trained, micro, args.device)
-                    (loss_sum * weight / n_tokens).backward()
-                if weight:
+                        loss_sum, count = masked_nll(trained, micro or batch[:1], args.device)
+                    (loss_sum * (weight if micro else 0) / n_tokens).backward()
+                if weight and micro:
                     epoch_loss, epoch_tokens = epoch_loss + loss_sum.item(), epoch_tokens + count.item()
             stop_if_diverged(all_sum(epoch_loss, world, args.device), model, tokenizer, args.out,
                              {"args": vars(args), "history": history}, f"epoch {epoch} step {scheduler.last_epoch + 1}",
-                             save=rank == 0)
+                             save=rank == 0 and not args.fsdp)
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
             optimizer.step()
             scheduler.step()
@@ -238,8 +242,10 @@ def main():
                "dev_examples": len(dev_examples), "skipped": skipped, "truncated": truncated,
                "epochs": len(history), "train_loss": history[-1]["train_loss"] if history else None,
                "dev_loss": round(best_dev, 4) if dev_examples and history else None, "seconds": round(time.time() - started, 1)}
+    state = full_state_dict(model) if world > 1 and args.fsdp else None  # every rank sends its shards
     if rank == 0:  # one writer: the ranks hold the same weights
-        save_model_atomically(model, tokenizer, args.out, {"args": vars(args), "history": history, "summary": summary})
+        save_model_atomically(model, tokenizer, args.out, {"args": vars(args), "history": history, "summary": summary},
+                              state_dict=state)
         print(json.dumps(summary))
 
 

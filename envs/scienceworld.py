@@ -31,6 +31,9 @@ Choices, as in the paper and its authors' setup unless said otherwise:
 runs that must fit in CPU time. One JVM per env object, started once and reused across episodes (reset loads the next variation:
 about a second); rollouts keep one env per active episode.
 """
+import json
+import os
+import sys
 from functools import lru_cache
 
 from envs import INVALID, check_split, templated_thought
@@ -52,6 +55,7 @@ MAX_STEPS = {
 PER_TYPE = {"train": 100, "test_seen": 8, "test_unseen": 10, "dev": 8}
 SIMPLIFICATION = "easy"
 GOLD_TURNS = {}  # task id -> expert turns, shared by the env objects of a process (a load costs seconds)
+GOLD_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scienceworld_gold.tsv")
 MAX_OBSERVATION_CHARS = 1000
 SYSTEM_PROMPT = ("You are an agent in a virtual science lab. Reply 'Thought: ...' then 'Action: ...'. "
                  "Actions include: look around, go to LOCATION, open OBJ, pick up OBJ, move OBJ to OBJ, "
@@ -95,6 +99,18 @@ def split_task_ids():  # every kept task type; an env with task_types filters th
     finally:
         env.close()
     return by_split
+
+
+@lru_cache(maxsize=None)
+def gold_table():
+    """{task id: (reward, steps)} of every task's gold path as replayed once (the committed table; empty
+    if it is missing). Built with `python -m envs.scienceworld RUN/gold/*.jsonl` from `explore.py --expert`
+    runs of every split."""
+    if not os.path.exists(GOLD_TABLE):
+        return {}
+    with open(GOLD_TABLE) as f:
+        rows = [line.rstrip("\n").split("\t") for line in f if line.strip() and not line.startswith("task_id")]
+    return {task_id: (float(reward), int(steps)) for task_id, reward, steps in rows}
 
 
 def canonical(observation):
@@ -157,7 +173,14 @@ class ScienceWorldEnv:
         self.gold_turns = GOLD_TURNS
 
     def task_ids(self, split):
-        return [t for t in split_task_ids()[check_split(split)] if t.rpartition("-")[0] in self.task_types]
+        """A split's tasks of this env's types. `train` leaves out the tasks whose gold path does not reach a
+        score of 100 (the gold table): the expert data holds successes only, as the authors' did. Test
+        splits keep theirs: the expert's ceiling there is below 100."""
+        tasks = [t for t in split_task_ids()[check_split(split)] if t.rpartition("-")[0] in self.task_types]
+        if split == "train":
+            table = gold_table()
+            tasks = [t for t in tasks if table.get(t, (1.0, 0))[0] >= 1.0]
+        return tasks
 
     def _call(self, method, *args, **kwargs):
         """A call into the JVM; if the Java process died (e.g. out of memory), one clear error."""
@@ -202,3 +225,32 @@ class ScienceWorldEnv:
 
     def close(self):
         self.env.close()
+
+
+def write_gold_table(paths, out=GOLD_TABLE):
+    """The gold table from `explore.py --env scienceworld --split S --expert` outputs: task id, reward, steps."""
+    rows = {}
+    for path in paths:
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    record = json.loads(line)
+                    rows[record["task_id"]] = (record["reward"], record["steps"])
+                except (ValueError, KeyError) as e:
+                    raise SystemExit(f"{path}:{number}: not an explore.py trajectory ({type(e).__name__}: {e})")
+    tmp = out + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("task_id\treward\tsteps\n")
+        for task_id in sorted(rows, key=lambda t: (t.rpartition("-")[0], int(t.rpartition("-")[2]))):
+            reward, steps = rows[task_id]
+            f.write(f"{task_id}\t{reward:.2f}\t{steps}\n")
+    os.replace(tmp, out)
+    return rows
+
+
+if __name__ == "__main__":  # python -m envs.scienceworld RUN/gold/train.jsonl RUN/gold/test_seen.jsonl ...
+    if len(sys.argv) < 2:
+        raise SystemExit("usage: python -m envs.scienceworld EXPERT_JSONL... (explore.py --expert outputs; "
+                         "rewrites envs/scienceworld_gold.tsv)")
+    written = write_gold_table(sys.argv[1:])
+    print(json.dumps({"tasks": len(written), "below_100": sum(r < 1.0 for r, _ in written.values()), "out": GOLD_TABLE}))

@@ -70,6 +70,35 @@ def test_two_processes_train_what_one_process_with_two_passes_trains(tmp_path):
     assert json.loads(one.stdout.strip().splitlines()[-1])["steps"] == 3
 
 
+@pytest.mark.slow  # four process starts: ~45 s on 2 cores
+def test_two_fully_sharded_processes_train_what_one_process_trains(tmp_path):
+    """--fsdp: each rank holds half of every weight (fully_shard), yet the step is one process's step;
+    the saved folder is the whole model. Reduce-scatter sums in another order than one process: 1e-5."""
+    expert, records = expert_file(tmp_path, 25)
+    # steps of 10 and a last of 5, shared 5/5 and 3/2: in micro-batches of 2 the ranks run 2 and 1 passes there,
+    # and the rank with fewer must run one more (at weight 0) to keep up
+    sft = ["sft.py", "--model", "tiny", "--data", str(expert), "--epochs", "1", "--tiny-hidden", "32", "--tiny-layers", "2",
+           "--tiny-vocab", "300", "--batch-size", "10", "--micro-batch-size", "2", "--dev-fraction", "0"]
+    run(*sft, "--out", str(tmp_path / "sft-1"))
+    run(*sft, "--out", str(tmp_path / "sft-2"), "--fsdp", procs=2)
+    assert largest_difference(tmp_path / "sft-1", tmp_path / "sft-2") < 1e-5
+    failures = []
+    for record in records[:13]:
+        failure = json.loads(json.dumps(record))
+        failure["reward"] = 0.5
+        failure["messages"][4]["content"] = "Thought: the first one.\nAction: click[item 9]"
+        failures.append(failure)
+    pairs, _ = make_pairs(failures, records, level="trajectory")
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    dpo = ["dpo.py", "--model", str(tmp_path / "sft-1"), "--pairs", str(tmp_path / "pairs.jsonl"), "--epochs", "1",
+           "--batch-size", "10", "--micro-batch-size", "1", "--lr", "1e-3", "--beta", "0.5", "--sft-weight", "0.5"]
+    run(*dpo, "--out", str(tmp_path / "dpo-1"))  # 13 pairs: a last step of 3, shared 2/1
+    run(*dpo, "--out", str(tmp_path / "dpo-2"), "--fsdp", procs=2)
+    assert largest_difference(tmp_path / "dpo-1", tmp_path / "dpo-2") < 1e-5
+    history = [json.loads((tmp_path / f"dpo-{n}" / "args.json").read_text())["history"] for n in (1, 2)]
+    assert [step["loss"] for step in history[0]] == pytest.approx([step["loss"] for step in history[1]], abs=1e-4)
+
+
 @pytest.mark.slow
 def test_two_processes_explore_what_one_process_explores(tmp_path):
     expert, _ = expert_file(tmp_path, 24)

@@ -67,3 +67,29 @@ def test_object_lists_are_sorted_so_a_task_replays_identically(env):
         "Room:\n\ta cup\n\tb cup\nYou also see:\n\ty door\n\tz door"
     task_id = env.task_ids("train")[10]
     assert env.reset(task_id) == env.reset(task_id)
+
+
+def test_the_gold_table_leaves_failing_gold_paths_out_of_train_only(tmp_path, monkeypatch):
+    import json
+    import envs.scienceworld as sw
+    rows = [("boil-20", 0.78, 160), ("boil-21", 1.0, 150), ("find-animal-3", 1.0, 6)]
+    for task_id, reward, steps in rows:  # one explore.py --expert output per task
+        (tmp_path / f"{task_id}.jsonl").write_text(json.dumps({"task_id": task_id, "reward": reward, "steps": steps}) + "\n")
+    table = tmp_path / "gold.tsv"
+    sw.write_gold_table(sorted(str(p) for p in tmp_path.glob("*.jsonl")), out=str(table))
+    assert table.read_text().splitlines() == ["task_id\treward\tsteps", "boil-20\t0.78\t160", "boil-21\t1.00\t150",
+                                              "find-animal-3\t1.00\t6"]
+    monkeypatch.setattr(sw, "GOLD_TABLE", str(table))
+    sw.gold_table.cache_clear()
+    monkeypatch.setattr(sw, "split_task_ids", lambda: {"train": ["boil-20", "boil-21", "boil-22"],
+                                                       "test_seen": ["boil-20", "find-animal-3"]})
+    env = sw.ScienceWorldEnv.__new__(sw.ScienceWorldEnv)  # no JVM: only the split lists are asked for
+    env.task_types = tuple(sw.MAX_STEPS)
+    try:
+        assert env.task_ids("train") == ["boil-21", "boil-22"]  # a task missing from the table is kept
+        assert env.task_ids("test_seen") == ["boil-20", "find-animal-3"]  # test tasks stay: the ceiling is < 100
+    finally:
+        sw.gold_table.cache_clear()
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    with pytest.raises(SystemExit, match="bad.jsonl:1"):
+        sw.write_gold_table([str(tmp_path / "bad.jsonl")], out=str(table))
