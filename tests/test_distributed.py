@@ -41,6 +41,18 @@ def expert_file(tmp_path, n):
     return path, records
 
 
+def write_pairs(tmp_path, records):
+    """tmp_path/pairs.jsonl: each expert trajectory against a failure that clicks item 9 at its third turn."""
+    failures = []
+    for record in records:
+        failure = json.loads(json.dumps(record))
+        failure["reward"] = 0.5
+        failure["messages"][4]["content"] = "Thought: the first one.\nAction: click[item 9]"
+        failures.append(failure)
+    pairs, _ = make_pairs(failures, records, level="trajectory")
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+
+
 @pytest.mark.slow  # six process starts: ~66 s on 2 cores
 def test_two_processes_train_what_one_process_with_two_passes_trains(tmp_path):
     expert, records = expert_file(tmp_path, 25)
@@ -52,14 +64,7 @@ def test_two_processes_train_what_one_process_with_two_passes_trains(tmp_path):
     assert two.stdout.count('"stage": "sft"') == 1  # rank 0 alone reports and writes
     assert largest_difference(tmp_path / "sft-1", tmp_path / "sft-2") < 1e-6
 
-    failures = []
-    for record in records[:13]:  # 13 pairs in steps of 6: the last step has 1
-        failure = json.loads(json.dumps(record))
-        failure["reward"] = 0.5
-        failure["messages"][4]["content"] = "Thought: the first one.\nAction: click[item 9]"
-        failures.append(failure)
-    pairs, _ = make_pairs(failures, records, level="trajectory")
-    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    write_pairs(tmp_path, records[:13])  # 13 pairs in steps of 6: the last step has 1
     dpo = ["dpo.py", "--model", str(tmp_path / "sft-1"), "--pairs", str(tmp_path / "pairs.jsonl"), "--epochs", "1",
            "--batch-size", "6", "--micro-batch-size", "3", "--lr", "1e-3", "--beta", "0.5", "--sft-weight", "0.5"]
     one = run(*dpo, "--out", str(tmp_path / "dpo-1"))
@@ -82,14 +87,7 @@ def test_two_fully_sharded_processes_train_what_one_process_trains(tmp_path):
     run(*sft, "--out", str(tmp_path / "sft-1"))
     run(*sft, "--out", str(tmp_path / "sft-2"), "--fsdp", procs=2)
     assert largest_difference(tmp_path / "sft-1", tmp_path / "sft-2") < 1e-5
-    failures = []
-    for record in records[:13]:
-        failure = json.loads(json.dumps(record))
-        failure["reward"] = 0.5
-        failure["messages"][4]["content"] = "Thought: the first one.\nAction: click[item 9]"
-        failures.append(failure)
-    pairs, _ = make_pairs(failures, records, level="trajectory")
-    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    write_pairs(tmp_path, records[:13])
     dpo = ["dpo.py", "--model", str(tmp_path / "sft-1"), "--pairs", str(tmp_path / "pairs.jsonl"), "--epochs", "1",
            "--batch-size", "10", "--micro-batch-size", "1", "--lr", "1e-3", "--beta", "0.5", "--sft-weight", "0.5"]
     run(*dpo, "--out", str(tmp_path / "dpo-1"))  # 13 pairs: a last step of 3, shared 2/1
