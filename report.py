@@ -257,13 +257,16 @@ def behaviour_section(folder, stages):
 
         def counts(counter):
             return "<br>".join(f"{esc(k)}: {v}" for k, v in counter.most_common(4)) or "-"
+        shop = any(r.get("env", "shop") == "shop" for found in records.values() for r in found)
         rows = [["avg reward / success %"] + [f"{b['avg_reward']:.1f} / {b['success']:.1f}" for b in seen.values()],
                 ["invalid actions %"] + [f"{b['invalid']:.1f}" for b in seen.values()],
-                ["result opened first"] + [counts(b["opened"]) for b in seen.values()],
-                ["episodes that bought"] + [f"{b['bought']} of {b['n']}" for b in seen.values()],
-                ["options chosen before buying (mean)"] + [f"{b['options_before_buy']:.2f}" for b in seen.values()],
-                ["failures first leave the expert's path at" if experts else "failures vs the expert: no expert file"]
-                + [counts(b["departures"]) for b in seen.values()]]
+                ["episodes ended by"] + [counts(Counter(r["stop"] for r in found)) for found in records.values()]]
+        if shop:  # the shop's own habits: which result, whether it bought, how many options first
+            rows += [["result opened first"] + [counts(b["opened"]) for b in seen.values()],
+                     ["episodes that bought"] + [f"{b['bought']} of {b['n']}" for b in seen.values()],
+                     ["options chosen before buying (mean)"] + [f"{b['options_before_buy']:.2f}" for b in seen.values()]]
+        rows += [["failures first leave the expert's path at" if experts else "failures vs the expert: no expert file"]
+                 + [counts(b["departures"]) for b in seen.values()]]
         per_turn = [[f"turn {turn}"] + ["<br>".join(f"{esc(a)} {share:.0f}%" for a, share in turn_actions(found, turn))
                                         for found in records.values()] for turn in range(1, TURNS_SHOWN + 1)
                     if any(len(actions(r)) >= turn for found in records.values() for r in found)]
