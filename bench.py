@@ -26,9 +26,9 @@ import time
 import torch
 
 import envs
-from common import InputError, autocast, end_of_turn_token, run_main, load_model, pad_batch, read_jsonl, sequence_logps, tokenize_conversation
+from common import InputError, autocast, end_of_turn_token, make_generate_policy, run_main, load_model, pad_batch, read_jsonl, sequence_logps, tokenize_conversation
 from dpo import accumulate_step, build_parser as dpo_parser, reference_logps, tokenize_pair
-from explore import make_generate_policy, rollout
+from explore import rollout
 from sft import length_batches, masked_nll
 
 SECTIONS = ("matmul", "sft", "dpo", "rollout", "loop")

@@ -2,6 +2,7 @@
 per-turn loss mask with the log-probs it selects. Nothing here is one stage's own work."""
 import contextlib
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import shutil
 import sys
 
 import torch
+from transformers import DynamicCache
 
 
 class InputError(Exception):
@@ -311,6 +313,117 @@ def end_of_turn_token(tokenizer):
         if token and after.startswith(token):
             return token
     return tokenizer.eos_token
+
+
+# ---- decoding: the model's side of a rollout (explore.py) ----------------------------------------------
+def make_generate_policy(model, tokenizer, temperature=0.0, top_p=1.0, max_new_tokens=64, seed=0, reuse_cache=True):
+    """A policy: (conversations, task ids) -> one (reply, finished) per conversation, from one batched
+    decode; None for a conversation that no longer fits the model's context.
+
+    The KV cache is kept from call to call (`reuse_cache`): the rollout passes the same episodes again,
+    in order, each one turn longer, so a conversation whose tokens start with exactly the tokens already
+    cached for a row of the last call feeds only its new tokens (the reply's end, the observation, the
+    next generation prompt). Anything else (a new batch, a reply that re-tokenizes differently) starts
+    the cache afresh, so the model always sees the re-encoded conversation's tokens. Rows left-pad each
+    chunk they add; padding stays in the cache as masked holes, and positions count real tokens only.
+    """
+    stop_ids = sorted({tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)), tokenizer.eos_token_id})
+    context = getattr(model.config, "max_position_embeddings", None) or 10 ** 9
+    calls = 0  # calls so far: each call's sampling seed derives from (seed, call)
+    # the cache's argument was renamed (past_key_values -> cache); an unknown name would be ignored silently
+    cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    kept = {"rows": [], "cache": None, "mask": None}  # per row its cached token ids; the cache; its 0/1 mask
+
+    def choose(logits):
+        """The next token of each row: argmax, or a sample drawn as `generate` draws it: temperature, the
+        50 likeliest tokens (its default top-k), then top-p (tested token for token)."""
+        if temperature <= 0:
+            return logits.argmax(-1)
+        logits = logits / temperature
+        kth_best = logits.topk(min(50, logits.shape[-1]), -1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+        if top_p < 1:  # drop the least likely tokens whose total probability is at most 1 - top_p
+            ascending, order = logits.sort(-1)
+            drop = ascending.softmax(-1).cumsum(-1) <= 1 - top_p
+            drop[:, -1] = False
+            logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        return torch.multinomial(logits.softmax(-1), 1).squeeze(1)
+
+    def reuse(conversation_ids):
+        """Indices of the last call's rows that the conversations continue, in order; None: start afresh."""
+        rows, keep, j = kept["rows"], [], 0
+        for ids in conversation_ids:
+            while j < len(rows) and not (len(rows[j]) < len(ids) and ids[:len(rows[j])] == rows[j]):
+                j += 1
+            if j == len(rows):
+                return None
+            keep.append(j)
+            j += 1
+        return keep
+
+    @torch.no_grad()
+    def policy(conversations, task_ids=None):
+        nonlocal calls
+        all_ids = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        all_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in all_ids]
+        fits = [len(ids) + max_new_tokens <= context for ids in all_ids]
+        conversation_ids = [ids for ids, ok in zip(all_ids, fits) if ok]
+        if not conversation_ids:
+            return [None] * len(conversations)
+        device, batch = model.device, len(conversation_ids)
+        keep = reuse(conversation_ids) if reuse_cache and kept["cache"] is not None else None
+        if keep is None:
+            rows, cache, mask = [[] for _ in conversation_ids], DynamicCache(), torch.zeros(batch, 0, dtype=torch.long, device=device)
+        else:
+            index = torch.tensor(keep, device=device)
+            rows, cache, mask = [list(kept["rows"][j]) for j in keep], kept["cache"], kept["mask"][index]
+            cache.batch_select_indices(index)
+        new = [ids[len(row):] for ids, row in zip(conversation_ids, rows)]
+        policy.stats["reused" if keep is not None else "fresh"] += batch
+        policy.stats["prompt_tokens"] += sum(len(n) for n in new)
+        width = max(len(n) for n in new)  # left-pad the new tokens: every row's last token sits at the end
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(n)) + n for n in new])
+        new_mask = torch.tensor([[0] * (width - len(n)) + [1] * len(n) for n in new])
+        positions = torch.tensor([[max(len(row) + t - width + len(n), 0) for t in range(width)] for row, n in zip(rows, new)])
+        for row, n in zip(rows, new):
+            row += n
+        torch.manual_seed(seed * 100003 + calls)  # a sampled run replays exactly from its seed
+        calls += 1
+        model.eval()
+        replies, running = [[] for _ in rows], torch.ones(batch, dtype=torch.bool)
+        for step in range(max_new_tokens):
+            mask = torch.cat([mask, new_mask.to(device)], 1)
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions.to(device),
+                           use_cache=True, **{cache_argument: cache}).logits[:, -1].float()
+            if cache.get_seq_length() != mask.shape[1]:
+                raise RuntimeError(f"the model did not fill the KV cache it was given ({cache_argument}=)")
+            next_ids = choose(logits).cpu()
+            for i in running.nonzero().flatten().tolist():
+                replies[i].append(next_ids[i].item())
+            running &= ~torch.isin(next_ids, torch.tensor(stop_ids))
+            if not running.any() or step == max_new_tokens - 1:
+                break
+            # feed each running row its token (a row that just stopped feeds its end-of-turn token too)
+            fed = {i for i in range(batch) if len(replies[i]) == step + 1}
+            input_ids = torch.tensor([[replies[i][-1] if i in fed else tokenizer.pad_token_id] for i in range(batch)])
+            new_mask = torch.tensor([[int(i in fed)] for i in range(batch)])
+            positions = torch.tensor([[len(rows[i])] for i in range(batch)])
+            for i in fed:
+                rows[i].append(replies[i][-1])
+        kept.update(rows=rows, cache=cache, mask=mask)
+        answers = iter(replies)
+        out = []
+        for ok in fits:
+            if not ok:
+                out.append(None)
+                continue
+            row = next(answers)
+            reply = tokenizer.decode(row, skip_special_tokens=True).split("\nObservation:")[0].strip()
+            out.append((reply, any(t in stop_ids for t in row)))  # it stopped at end of turn, not at the limit
+        return out
+
+    policy.stats = {"fresh": 0, "reused": 0, "prompt_tokens": 0}  # rows started afresh or continued; tokens fed
+    return policy
 
 
 # ---- the loss mask and the log-probs it selects -------------------------------------------------------
