@@ -231,6 +231,8 @@ def write_gold_table(paths, out=GOLD_TABLE):
     """The gold table from `explore.py --env scienceworld --split S --expert` outputs: task id, reward, steps."""
     rows = {}
     for path in paths:
+        if not os.path.isfile(path):
+            raise SystemExit(f"{path}: no such file (give explore.py --expert outputs)")
         with open(path) as f:
             for number, line in enumerate(f, 1):
                 try:

@@ -98,3 +98,5 @@ def test_the_gold_table_leaves_failing_gold_paths_out_of_train_only(tmp_path, mo
     (tmp_path / "bad.jsonl").write_text("{not json\n")
     with pytest.raises(SystemExit, match="bad.jsonl:1"):
         sw.write_gold_table([str(tmp_path / "bad.jsonl")], out=str(table))
+    with pytest.raises(SystemExit, match="no such file"):
+        sw.write_gold_table([str(tmp_path / "missing.jsonl")], out=str(table))
