@@ -74,14 +74,22 @@ def test_object_lists_are_sorted_so_a_task_replays_identically(env):
     assert env.reset(task_id) == env.reset(task_id)
 
 
-def test_the_gold_table_leaves_failing_gold_paths_out_of_train_only(tmp_path, monkeypatch):
-    import json
+def test_the_gold_table_resumes_and_leaves_failing_gold_paths_out_of_train_only(tmp_path, monkeypatch):
     import envs.scienceworld as sw
-    rows = [("boil-20", 0.78, 160), ("boil-21", 1.0, 150), ("find-animal-3", 1.0, 6)]
-    for task_id, reward, steps in rows:  # one explore.py --expert output per task
-        (tmp_path / f"{task_id}.jsonl").write_text(json.dumps({"task_id": task_id, "reward": reward, "steps": steps}) + "\n")
+
+    class FakeEnv:  # no JVM: replays are looked up, and each task may be replayed once only
+        played = []
+        def replay_gold(self, task_id):
+            self.played.append(task_id)
+            return {"boil-20": (0.78, 160), "boil-21": (1.0, 150), "find-animal-3": (1.0, 6)}[task_id]
+
+    monkeypatch.setattr(sw, "split_task_ids", lambda: {"train": ["boil-21", "boil-20"],
+                                                       "test_seen": ["find-animal-3", "boil-20"]})
     table = tmp_path / "gold.tsv"
-    sw.write_gold_table(sorted(str(p) for p in tmp_path.glob("*.jsonl")), out=str(table))
+    sw.replay_gold(["test_seen"], out=str(table), env=FakeEnv())
+    assert table.read_text().splitlines() == ["task_id\treward\tsteps", "boil-20\t0.78\t160", "find-animal-3\t1.00\t6"]
+    sw.replay_gold(["test_seen", "train"], out=str(table), env=FakeEnv())  # resumes: only boil-21 is new
+    assert FakeEnv.played == ["find-animal-3", "boil-20", "boil-21"]
     assert table.read_text().splitlines() == ["task_id\treward\tsteps", "boil-20\t0.78\t160", "boil-21\t1.00\t150",
                                               "find-animal-3\t1.00\t6"]
     monkeypatch.setattr(sw, "GOLD_TABLE", str(table))
@@ -95,8 +103,5 @@ def test_the_gold_table_leaves_failing_gold_paths_out_of_train_only(tmp_path, mo
         assert env.task_ids("test_seen") == ["boil-20", "find-animal-3"]  # test tasks stay: the ceiling is < 100
     finally:
         sw.gold_table.cache_clear()
-    (tmp_path / "bad.jsonl").write_text("{not json\n")
-    with pytest.raises(SystemExit, match="bad.jsonl:1"):
-        sw.write_gold_table([str(tmp_path / "bad.jsonl")], out=str(table))
-    with pytest.raises(SystemExit, match="no such file"):
-        sw.write_gold_table([str(tmp_path / "missing.jsonl")], out=str(table))
+    with pytest.raises(ValueError, match="unknown split 'tests'"):
+        sw.replay_gold(["tests"], out=str(table), env=FakeEnv())
