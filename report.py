@@ -257,7 +257,7 @@ def behaviour_section(folder, stages):
 
         def counts(counter):
             return "<br>".join(f"{esc(k)}: {v}" for k, v in counter.most_common(4)) or "-"
-        shop = any(r.get("env", "shop") == "shop" for found in records.values() for r in found)
+        shop = any(r.get("env", "shop").partition(":")[0] == "shop" for found in records.values() for r in found)
         rows = [["avg reward / success %"] + [f"{b['avg_reward']:.1f} / {b['success']:.1f}" for b in seen.values()],
                 ["invalid actions %"] + [f"{b['invalid']:.1f}" for b in seen.values()],
                 ["episodes ended by"] + [counts(Counter(r["stop"] for r in found)) for found in records.values()]]

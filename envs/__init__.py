@@ -23,10 +23,22 @@ INVALID = "Invalid action"
 
 
 def _shop(options):
-    from envs.shop import ShopEnv
-    if options:
-        raise ValueError(f"the shop env takes no options (got {options!r})")
-    return ShopEnv()
+    """Options, comma-separated: `scan` (the expert's thought names why each result above its choice is
+    passed over), `instruction` (every page repeats the instruction, as WebShop's pages do), `train=N` (N
+    train tasks instead of 1000; the extra ones are drawn after the other splits, which stay the same)."""
+    from envs.shop import SPLIT_SIZES, ShopEnv
+    settings = {"thoughts": "short", "instruction_on_every_page": False, "train_size": SPLIT_SIZES["train"]}
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        if option == "scan":
+            settings["thoughts"] = "scan"
+        elif option == "instruction":
+            settings["instruction_on_every_page"] = True
+        elif key == "train" and value.isdigit() and int(value) >= SPLIT_SIZES["train"]:
+            settings["train_size"] = int(value)
+        else:
+            raise ValueError(f"unknown shop option {option!r}; valid: scan, instruction, train=N (N >= 1000)")
+    return ShopEnv(**settings)
 
 
 def _scienceworld(options):

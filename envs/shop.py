@@ -46,6 +46,7 @@ MAX_STEPS = 10
 RESULTS_PER_PAGE = 5
 MAX_RESULTS = 25
 SPLIT_SIZES = {"train": 1000, "test_seen": 200, "test_unseen": 200, "dev": 200}  # drawn in this order
+THOUGHTS = ("short", "scan")  # the expert's thought on the results page: see ShopEnv.expert
 HELD_OUT_PAIRS = 4  # attribute pairs per category reserved for test_unseen
 CATALOG_SEED, TASK_SEED = 0, 1
 
@@ -150,8 +151,9 @@ def purchase_reward(task, product, chosen_options):
 
 
 @lru_cache(maxsize=None)
-def tasks():
-    """All tasks by split: {split: [Task, ...]}, generated once from TASK_SEED."""
+def tasks(train_size=SPLIT_SIZES["train"]):
+    """All tasks by split: {split: [Task, ...]}, generated once from TASK_SEED. A larger `train_size` draws
+    the extra train tasks after every other split, so the other splits and the first 1000 stay the same."""
     rng = random.Random(TASK_SEED)
     products = catalog()
     held_out, kept = {}, {}
@@ -160,10 +162,12 @@ def tasks():
         rng.shuffle(pairs)
         held_out[category], kept[category] = pairs[:HELD_OUT_PAIRS], pairs[HELD_OUT_PAIRS:]
     seen_keys, by_split = set(), {}
-    for split, size in SPLIT_SIZES.items():
+    extra = [("train", train_size - SPLIT_SIZES["train"])] if train_size > SPLIT_SIZES["train"] else []
+    for split, size in list(SPLIT_SIZES.items()) + extra:
         pair_pool = held_out if split == "test_unseen" else kept
-        split_tasks = []
-        while len(split_tasks) < size:
+        split_tasks = by_split.get(split, []) if split == "train" else []
+        target_size = len(split_tasks) + size
+        while len(split_tasks) < target_size:
             category = rng.choice(sorted(CATEGORIES))
             article, _, option_values, (low, high) = CATEGORIES[category]
             attributes = tuple(rng.sample(rng.choice(pair_pool[category]), 2))
@@ -184,7 +188,7 @@ def tasks():
             split_tasks.append(Task(f"{split}-{len(split_tasks)}", category, attributes, options, cap,
                                     instruction, query, target.id))
         by_split[split] = split_tasks
-        if split == "train":
+        if split == "train" and "test_seen" not in by_split:
             train_combinations = {(t.category, frozenset(t.attributes)) for t in split_tasks}
     return by_split
 
@@ -194,13 +198,14 @@ class ShopEnv:
     max_steps = MAX_STEPS
     system_prompt = SYSTEM_PROMPT
 
-    def __init__(self):
+    def __init__(self, thoughts="short", instruction_on_every_page=False, train_size=SPLIT_SIZES["train"]):
+        self.thoughts, self.instruction_on_every_page, self.train_size = thoughts, instruction_on_every_page, train_size
         self.products = catalog()
-        self.tasks = {task.id: task for split_tasks in tasks().values() for task in split_tasks}
+        self.tasks = {task.id: task for split_tasks in tasks(train_size).values() for task in split_tasks}
         self.task = None
 
     def task_ids(self, split):
-        return [task.id for task in tasks()[check_split(split)]]
+        return [task.id for task in tasks(self.train_size)[check_split(split)]]
 
     def reset(self, task_id):
         if task_id not in self.tasks:
@@ -211,8 +216,13 @@ class ShopEnv:
 
     # ---- pages --------------------------------------------------------------------------------
     def _render(self):
+        instruction = f"Instruction: {self.task.instruction}\n"
         if self.page == "search":
-            return f"Instruction: {self.task.instruction}\n[search]"
+            return f"{instruction}[search]"
+        page = self._render_page()
+        return instruction + page if self.instruction_on_every_page else page
+
+    def _render_page(self):
         if self.page == "results":
             pages = max(1, -(-len(self.results) // RESULTS_PER_PAGE))
             links = "[back to search]" + (" [< prev]" if self.result_page else "") + \
@@ -280,14 +290,32 @@ class ShopEnv:
 
     # ---- expert -------------------------------------------------------------------------------
     def expert(self, task_id):
+        """The expert's turns. Its thought on the results page is `short` ("item 3 has both and costs $41.10":
+        the choice, stated) or `scan` (`make("shop:scan")`): every result above the choice gets the reason it
+        was passed over ("item 1 lacks wallet. item 2 costs $52.10, over 48.00."), so the choice is reached by
+        one short check a line, written out before the action, as a chain-of-thought would."""
         task = self.tasks[task_id]
         wanted = " and ".join(task.attributes)
-        rank = search(task.query).index(task.target) + 1  # the target is on the first results page
+        ranked = search(task.query)
+        rank = ranked.index(task.target) + 1  # the target is on the first results page
+        checks = ""
+        if self.thoughts == "scan":
+            checks = " ".join(f"item {k} {self._passed_over_because(self.products[pid], task)}."
+                              for k, pid in enumerate(ranked[:rank - 1], 1)) + (" " if rank > 1 else "")
         turns = [f"Thought: I need {' '.join(task.attributes)} {task.category} under {task.cap:.2f} dollars. "
                  f"I will search for it.\nAction: search[{task.query}]",
-                 f"Thought: I need {wanted} under {task.cap:.2f} dollars; item {rank} has both and costs "
+                 f"Thought: I need {wanted} under {task.cap:.2f} dollars; {checks}item {rank} has both and costs "
                  f"${self.products[task.target].price:.2f}.\nAction: click[item {rank}]"]
         for kind, value in task.options:
             turns.append(f"Thought: I need {kind} {value}.\nAction: click[{value}]")
         turns.append("Thought: Every option is chosen. I will buy it.\nAction: click[buy now]")
         return turns
+
+    @staticmethod
+    def _passed_over_because(product, task):
+        if product.category != task.category:
+            return f"is a {product.category}"
+        missing = [a for a in task.attributes if a not in product.attributes]
+        if missing:
+            return f"lacks {missing[0]}"
+        return f"costs ${product.price:.2f}, over {task.cap:.2f}"
