@@ -10,7 +10,8 @@ for those pairs -- NLL on the same chosen turns, same lr, epochs and batches, no
 (shared by the levers that use the same pairs); every model greedily on `dev` (the test splits only
 report, never choose). Rows go to RUN/levers.jsonl and the table to RUN/levers.md: dev reward and
 success per seed, their mean, ETO minus its control per seed, which result the models open first
-(item 1 / item 2 counts) and the invalid-action rate.
+(item 1 / item 2 counts), how many bought with every option as the instruction asked, and the
+invalid-action rate.
 """
 import argparse
 import json
@@ -42,7 +43,7 @@ def dev_row(args, seed_run, name, model, seed, kind, lever):
     seen = behaviour(read_jsonl(out), {})
     return {"lever": lever, "model": kind, "seed": seed, "avg_reward": round(seen["avg_reward"], 2),
             "success_rate": round(seen["success"], 2), "item_1": seen["opened"]["item 1"],
-            "item_2": seen["opened"]["item 2"], "invalid_rate": round(seen["invalid"], 2), "n": seen["n"]}
+            "item_2": seen["opened"]["item 2"], "options_right": seen["options_right"], "invalid_rate": round(seen["invalid"], 2), "n": seen["n"]}
 
 
 def start_seed(args, seed_run, seed):
@@ -76,12 +77,18 @@ def lever_rows(args, seed_run, seed, lever):
             dev_row(args, seed_run, f"control-{exploration}-{level}", control, seed, "control", lever)]
 
 
+def options_right(rows):
+    if any("options_right" not in r for r in rows):  # rows written before this column existed
+        return "-"
+    return f"{sum(r['options_right'] for r in rows)} of {sum(r['n'] for r in rows)}"
+
+
 def levers_table(rows):
     """Markdown: per lever, ETO and its control on dev, mean over seeds and each seed, and ETO - control."""
     seeds = sorted({row["seed"] for row in rows})
     lines = [f"dev, {rows[0]['n']} tasks, seeds {', '.join(map(str, seeds))}; reward per seed in brackets", "",
-             "| lever | model | dev reward | success | ETO − control per seed | item 1 / item 2 opened | invalid % |",
-             "|---|---|---|---|---|---|---|"]
+             "| lever | model | dev reward | success | ETO − control per seed | item 1 / item 2 opened "
+             "| options as asked | invalid % |", "|---|---|---|---|---|---|---|---|"]
     for lever in dict.fromkeys(row["lever"] for row in rows):
         for kind in ("sft", "eto", "control"):
             found = sorted((r for r in rows if r["lever"] == lever and r["model"] == kind), key=lambda r: r["seed"])
@@ -95,6 +102,7 @@ def levers_table(rows):
                          f"[{', '.join(format(r['avg_reward'], '.1f') for r in found)}] | "
                          f"{statistics.mean(r['success_rate'] for r in found):.1f} | {gaps} | "
                          f"{sum(r['item_1'] for r in found)} / {sum(r['item_2'] for r in found)} | "
+                         f"{options_right(found)} | "
                          f"{statistics.mean(r['invalid_rate'] for r in found):.1f} |")
     return "\n".join(lines) + "\n"
 

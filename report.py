@@ -18,6 +18,7 @@ import html
 import json
 import os
 import random
+import re
 import shlex
 import statistics
 from collections import Counter
@@ -137,14 +138,25 @@ def first_departure(record, expert):
     return len(theirs) + 1, "after the expert's end"
 
 
+def options_as_asked(record):
+    """The shop: whether every option the instruction asks for ("size 8", "color black") was the last one
+    selected of its kind before the episode ended."""
+    instruction = record["messages"][1]["content"].split("\n")[0]
+    selected = dict(re.findall(r"^(?:Observation: )?You have selected (size|color) (.+)\.$", "\n".join(
+        m["content"] for m in record["messages"] if m["role"] == "user"), flags=re.M))
+    return all(f" {kind} {selected.get(kind)}" in instruction.replace(",", " ,") + " "
+               for kind in ("size", "color") if f" {kind} " in instruction)
+
+
 def behaviour(records, experts):
     """One model's habits on a split: counts a reader can check against the trajectories."""
-    opened, options_before_buy, departures = Counter(), [], Counter()
+    opened, options_before_buy, departures, options_right = Counter(), [], Counter(), 0
     for record in records:
         acts = actions(record)
         opened[next((a[6:-1] for a in acts if action_kind(a) == "item"), "none")] += 1
         if "click[buy now]" in acts:
             options_before_buy.append(sum(action_kind(a) == "option" for a in acts[:acts.index("click[buy now]")]))
+            options_right += options_as_asked(record)
         expert = experts.get(record["task_id"])
         if expert is not None and record["reward"] < expert["reward"]:
             departures[first_departure(record, expert)[1]] += 1
@@ -154,7 +166,7 @@ def behaviour(records, experts):
             "invalid": 100 * sum(r["invalid_actions"] for r in records) / max(steps, 1),
             "opened": opened, "bought": len(options_before_buy),
             "options_before_buy": statistics.mean(options_before_buy) if options_before_buy else 0.0,
-            "departures": departures}
+            "options_right": options_right, "departures": departures}
 
 
 def turn_actions(records, turn):
@@ -264,7 +276,8 @@ def behaviour_section(folder, stages):
         if shop:  # the shop's own habits: which result, whether it bought, how many options first
             rows += [["result opened first"] + [counts(b["opened"]) for b in seen.values()],
                      ["episodes that bought"] + [f"{b['bought']} of {b['n']}" for b in seen.values()],
-                     ["options chosen before buying (mean)"] + [f"{b['options_before_buy']:.2f}" for b in seen.values()]]
+                     ["options chosen before buying (mean)"] + [f"{b['options_before_buy']:.2f}" for b in seen.values()],
+                     ["bought with every option as asked"] + [f"{b['options_right']} of {b['bought']}" for b in seen.values()]]
         rows += [["failures first leave the expert's path at" if experts else "failures vs the expert: no expert file"]
                  + [counts(b["departures"]) for b in seen.values()]]
         per_turn = [[f"turn {turn}"] + ["<br>".join(f"{esc(a)} {share:.0f}%" for a, share in turn_actions(found, turn))

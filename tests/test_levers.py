@@ -12,15 +12,17 @@ from tests.conftest import ROOT
 def test_levers_table_puts_each_lever_beside_its_control():
     def row(lever, model, seed, reward, item_1=0, item_2=0):
         return {"lever": lever, "model": model, "seed": seed, "avg_reward": reward, "success_rate": 10.0 * seed,
-                "item_1": item_1, "item_2": item_2, "invalid_rate": 1.0, "n": 200}
+                "item_1": item_1, "item_2": item_2, "options_right": 20 + seed, "invalid_rate": 1.0, "n": 200}
     rows = [row("-", "sft", 0, 60.0, 190), row("-", "sft", 1, 64.0, 180),
             row("dpop", "eto", 0, 70.0, 5, 150), row("dpop", "control", 0, 66.0),
             row("dpop", "eto", 1, 61.0, 10, 120), row("dpop", "control", 1, 63.5)]
     table = levers_table(rows)
     assert table.startswith("dev, 200 tasks, seeds 0, 1")
-    assert "| - | sft | 62.0 [60.0, 64.0] | 5.0 |  | 370 / 0 | 1.0 |" in table
-    assert "| dpop | eto | 65.5 [70.0, 61.0] | 5.0 | +4.0, -2.5 | 15 / 270 | 1.0 |" in table
+    assert "| - | sft | 62.0 [60.0, 64.0] | 5.0 |  | 370 / 0 | 41 of 400 | 1.0 |" in table
+    assert "| dpop | eto | 65.5 [70.0, 61.0] | 5.0 | +4.0, -2.5 | 15 / 270 | 41 of 400 | 1.0 |" in table
     assert "| dpop | control | 64.8 [66.0, 63.5] |" in table
+    del rows[0]["options_right"]  # a row from before the column: shown as unknown, not as zero
+    assert "| - | sft | 62.0 [60.0, 64.0] | 5.0 |  | 370 / 0 | - | 1.0 |" in levers_table(rows)
 
 
 def test_an_unknown_lever_is_one_line(tmp_path):

@@ -14,7 +14,7 @@ from common import sequence_logps
 from envs.shop import ShopEnv
 from explore import rollout
 from pairs import make_pairs
-from report import action_kind, behaviour, sample_pairs, turn_rewards
+from report import action_kind, behaviour, options_as_asked, sample_pairs, turn_rewards
 from sft import build_tiny_model, build_tiny_tokenizer
 from tests.conftest import ROOT
 
@@ -56,10 +56,22 @@ def test_action_kinds_and_behaviour_counted_by_hand():
     # every failure opened a wrong result at turn 2 and then chose the expert's options and bought
     assert sum(seen["opened"].values()) == 4 and seen["bought"] == 4
     options = [len(ShopEnv().tasks[r["task_id"]].options) for r in failed]
-    assert seen["options_before_buy"] == sum(options) / 4
+    assert seen["options_before_buy"] == sum(options) / 4 and seen["options_right"] == 4
     lost = sum(f["reward"] < e["reward"] for f, e in zip(failed, expert))
     assert seen["departures"] == ({"item": lost} if lost else {})
     assert seen["invalid"] == 0.0 and seen["avg_reward"] == 100 * sum(r["reward"] for r in failed) / 4
+
+
+def test_options_as_asked_by_hand():
+    def episode(instruction, *selected):
+        return {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": f"Instruction: {instruction}\n[search]"}]
+                + [{"role": "user", "content": f"Observation: You have selected {s}."} for s in selected]}
+    asked = "i need a jacket in size x-large and color red, and price lower than 50.00 dollars"
+    assert options_as_asked(episode(asked, "size x-large", "color red"))
+    assert options_as_asked(episode(asked, "size large", "color red", "size x-large"))  # the last of a kind counts
+    assert not options_as_asked(episode(asked, "size large", "color red"))  # "size large" is inside "size x-large"
+    assert not options_as_asked(episode(asked, "color red"))  # a size never chosen
+    assert options_as_asked(episode("find me some coffee in size 2 lb, with a price lower than 20.00 dollars", "size 2 lb"))
 
 
 def test_turn_rewards_match_a_hand_computation():
