@@ -53,6 +53,25 @@ def write_pairs(tmp_path, records):
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
 
 
+def test_one_torchrun_launch_trains_what_one_process_trains(tmp_path, monkeypatch):
+    """The default suite's torchrun check: one launch of two gloo ranks; the one-process run is in-process,
+    on one thread as each rank is. 9 trajectories in steps of 4: the last step's second share is empty."""
+    import sft as sft_stage
+    expert, _ = expert_file(tmp_path, 9)
+    sft = ["sft.py", "--model", "tiny", "--data", str(expert), "--epochs", "1", "--tiny-hidden", "32", "--tiny-layers", "1",
+           "--tiny-vocab", "300", "--batch-size", "4", "--micro-batch-size", "2", "--dev-fraction", "0"]
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(sys, "argv", sft + ["--out", str(tmp_path / "sft-1")])
+    try:
+        torch.set_num_threads(1)
+        sft_stage.main()
+    finally:
+        torch.set_num_threads(threads)
+    two = run(*sft, "--out", str(tmp_path / "sft-2"), procs=2)
+    assert two.stdout.count('"stage": "sft"') == 1  # rank 0 alone reports and writes
+    assert largest_difference(tmp_path / "sft-1", tmp_path / "sft-2") < 1e-6
+
+
 @pytest.mark.slow  # six process starts: ~66 s on 2 cores
 def test_two_processes_train_what_one_process_with_two_passes_trains(tmp_path):
     expert, records = expert_file(tmp_path, 25)
