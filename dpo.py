@@ -142,6 +142,20 @@ def accumulate_step(model, examples, step_indices, reference, args, rank=0, worl
     return metrics
 
 
+def replay_step(model, replayed, indices, args):
+    """Backward of replay_weight x the mean NLL per agent token over one step's expert trajectories (whole
+    trajectories, every agent turn, as sft.py trains them), micro-batch by micro-batch; returns that NLL."""
+    tokens = sum(sum(replayed[i][1][1:]) for i in indices)  # the targets sequence_logps counts
+    total = 0.0
+    for micro in micro_batches(indices, args.micro_batch_size, args.token_budget, length=lambda i: len(replayed[i][0])):
+        with autocast(args.device, args.autocast):
+            logps, _ = sequence_logps(model, [replayed[i] for i in micro], args.device)
+        loss = -logps.sum() / tokens
+        (args.replay_weight * loss).backward()
+        total += loss.item()
+    return total
+
+
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # data and model
@@ -157,6 +171,9 @@ def build_parser():
     parser.add_argument("--loss", default="sigmoid", choices=LOSSES, help="sigmoid (DPO, paper), ipo, hinge or dpop")
     parser.add_argument("--dpop-lambda", type=float, default=5.0, help="dpop: weight of the chosen side's drop below the reference")
     parser.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO's e (sigmoid only)")
+    parser.add_argument("--replay", help="expert trajectories JSONL: each step also trains NLL on a batch of them "
+                                         "(cycled), so the expert's whole distribution is kept, not only the chosen turns")
+    parser.add_argument("--replay-weight", type=float, default=1.0, help="scale of the replay NLL (per token)")
     # optimisation (paper: lr 1e-6, batch 32, 3 epochs for 7B)
     parser.add_argument("--lr", type=float, default=1e-6)
     parser.add_argument("--epochs", type=int, default=3)
@@ -202,6 +219,14 @@ def main():
         examples.append(example)
     if not examples:
         raise InputError(f"{args.pairs}: no pair keeps a trainable token on both sides at --max-length {args.max_length}")
+    replayed = []
+    if args.replay:  # whole expert trajectories, tokenized as sft.py does
+        if world > 1:
+            raise InputError("--replay runs in one process for now (not under torchrun)")
+        replayed = [tokenize_conversation(tokenizer, r["messages"], args.max_length)
+                    for r in read_jsonl(args.replay, ("messages",))]
+        replay_order = list(range(len(replayed)))
+        random.Random(args.seed + 1).shuffle(replay_order)
     reference = reference_logps(model, examples, args.device, args.average_logps, precision=args.autocast)
     if args.gradient_checkpointing:
         checkpoint_activations(model, dropout=False)  # train mode (which checkpointing needs), dropout still off
@@ -223,6 +248,10 @@ def main():
         rng.shuffle(order)
         for start in range(0, len(order), args.batch_size):
             metrics = accumulate_step(trained, examples, order[start:start + args.batch_size], reference, args, rank, world)
+            if replayed:  # the next batch of expert trajectories, cycling through a fixed shuffle
+                at = len(history) * args.batch_size
+                metrics["nll/replay"] = replay_step(trained, replayed, [replay_order[(at + k) % len(replayed)]
+                                                                        for k in range(args.batch_size)], args)
             stop_if_diverged(metrics["loss"], model, tokenizer, args.out, {"args": vars(args), "history": history},
                              f"epoch {epoch} step {len(history) + 1}", save=rank == 0 and not args.fsdp)
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)

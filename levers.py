@@ -23,7 +23,7 @@ from common import InputError, read_jsonl, run_main, write_json, write_jsonl
 from loop import TINY_DEFAULTS, limit_flags, run_stage
 from report import behaviour
 
-# lever -> (exploration, pair level, DPO flags over the tiny model's defaults)
+# lever -> (exploration, pair level, DPO flags over the tiny model's defaults[, flags its control gets too])
 LEVERS = {
     "eto": ("greedy", "divergence", []),                                     # today's default recipe
     "eto-no-nll": ("greedy", "divergence", ["--sft-weight", "0"]),           # the preference term alone
@@ -32,6 +32,9 @@ LEVERS = {
     "trajectory-dpop": ("greedy", "trajectory", ["--loss", "dpop", "--dpop-lambda", "5"]),
     "sampled4": ("sampled4", "divergence", []),                              # 4 samples per task at T = 1
     "sampled4-within": ("sampled4", "within", []),                           # best vs worst sample of a task
+    # every step also trains NLL on a batch of whole expert trajectories, ETO and its control alike: the
+    # chosen turns of failures alone are a biased sample (an item pair's chosen click is never item 1)
+    "eto-replay": ("greedy", "divergence", [], ["--replay", "{expert}"]),
 }
 EXPLORATIONS = {"greedy": [], "sampled4": ["--samples", "4", "--temperature", "1"]}
 
@@ -59,7 +62,8 @@ def start_seed(args, seed_run, seed):
 def lever_rows(args, seed_run, seed, lever):
     """One lever on one seed: its ETO model's dev row and its control's."""
     expert, sft = os.path.join(seed_run, "expert.jsonl"), os.path.join(seed_run, "sft")
-    exploration, level, flags = LEVERS[lever]
+    exploration, level, flags, *shared = LEVERS[lever]
+    shared = [flag.replace("{expert}", expert) for flag in (shared[0] if shared else [])]
     explored = os.path.join(seed_run, "iter1", "explore.jsonl" if exploration == "greedy" else f"explore-{exploration}.jsonl")
     run_stage("explore.py", explored, "--env", args.env, "--split", "train", "--model", sft, "--seed", str(seed),
               *EXPLORATIONS[exploration], *limit_flags(args.train_limit))
@@ -69,12 +73,14 @@ def lever_rows(args, seed_run, seed, lever):
     base = ["--lr", str(TINY_DEFAULTS["dpo_lr"]), "--beta", str(TINY_DEFAULTS["beta"]), "--epochs",
             str(TINY_DEFAULTS["dpo_epochs"]), "--sft-weight", str(TINY_DEFAULTS["sft_weight"]), "--seed", str(seed)]
     model = os.path.join(seed_run, "levers", lever)
-    run_stage("dpo.py", model, "--model", sft, "--pairs", pairs, *base, *flags)
-    # the control: the same chosen turns, the same steps, NLL only (shared by levers with the same pairs)
-    control = os.path.join(seed_run, "levers", f"control-{exploration}-{level}")
-    run_stage("dpo.py", control, "--model", sft, "--pairs", pairs, *base, "--dpo-weight", "0", "--sft-weight", "1")
+    run_stage("dpo.py", model, "--model", sft, "--pairs", pairs, *base, *flags, *shared)
+    # the control: the same chosen turns, the same steps, NLL only (shared by levers with the same pairs and
+    # the same flags for both)
+    control_name = f"control-{exploration}-{level}" + (f"-{lever}" if shared else "")
+    control = os.path.join(seed_run, "levers", control_name)
+    run_stage("dpo.py", control, "--model", sft, "--pairs", pairs, *base, *shared, "--dpo-weight", "0", "--sft-weight", "1")
     return [{**dev_row(args, seed_run, lever, model, seed, "eto", lever), "pairs": summary["pairs"]},
-            dev_row(args, seed_run, f"control-{exploration}-{level}", control, seed, "control", lever)]
+            dev_row(args, seed_run, control_name, control, seed, "control", lever)]
 
 
 def options_right(rows):

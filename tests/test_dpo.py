@@ -224,3 +224,31 @@ def test_a_zero_micro_batch_is_one_line_not_a_division_by_zero(tmp_path, monkeyp
     with pytest.raises(InputError, match="--micro-batch-size must be at least 1, got 0"):
         run_dpo(tmp_path, monkeypatch, "--micro-batch-size", "0")
     assert not (tmp_path / "out").exists()
+
+
+def test_replay_is_the_mean_nll_per_agent_token_however_it_is_split(tmp_path, monkeypatch):
+    """--replay: the step's extra term is replay_weight x (-sum log p / number) over the agent tokens of
+    whole expert trajectories, computed here from the logits by hand; micro-batches do not change it."""
+    model, tokenizer, _ = tiny_model_and_pairs(tmp_path)
+    trajectories = [record(f"t{i}", 1.0, ["search[red shoes]", "click[buy now]"][:1 + i % 2]) for i in range(5)]
+    replayed = [dpo.tokenize_conversation(tokenizer, r["messages"]) for r in trajectories]
+    args = dpo.build_parser().parse_args(["--model", "m", "--pairs", "p", "--out", "o", "--replay-weight", "0.5"])
+    args.__dict__.update(device="cpu", token_budget=0)
+    results = []
+    for micro in (5, 2):
+        args.micro_batch_size = micro
+        model.zero_grad(set_to_none=True)
+        results.append((dpo.replay_step(model, replayed, list(range(5)), args), gradients(model)))
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for ids, mask in replayed:
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1], -1)
+            for t in range(1, len(ids)):
+                if mask[t]:
+                    total, tokens = total - logp[t - 1, ids[t]].item(), tokens + 1
+    assert results[0][0] == pytest.approx(total / tokens, rel=1e-5) and results[1][0] == pytest.approx(total / tokens, rel=1e-5)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-6) and results[0][1].abs().sum() > 0
+    (tmp_path / "expert.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trajectories))
+    history = run_dpo(tmp_path, monkeypatch, "--replay", str(tmp_path / "expert.jsonl"), "--epochs", "1",
+                      "--batch-size", "4", "--micro-batch-size", "2", "--lr", "1e-3")
+    assert all(step["nll/replay"] > 0 for step in history)
