@@ -121,6 +121,8 @@ def main():
     parser.add_argument("--out", required=True, help="output folder (save_pretrained format)")
     parser.add_argument("--max-length", type=int, default=1024, help="tokens per example; longer ones are cut")
     parser.add_argument("--dev-fraction", type=float, default=0.05, help="held-out share for the dev loss")
+    parser.add_argument("--min-reward", type=float, default=1.0, help="train only on trajectories with at least this "
+                        "reward (those without one are kept): successes only, as the authors' expert data; 0 keeps all")
     # optimisation (lr and epochs default by model; the paper's batch for 7B was 64)
     parser.add_argument("--epochs", type=int, default=None, help="most epochs to train (0: save the untrained model); "
                                                                  "default 10 for --model tiny, 3 (the paper's) for a loaded model")
@@ -157,6 +159,10 @@ def main():
     set_seed(args.seed)
     # every file is checked before any model is built
     trajectories = [t for path in args.data for t in read_jsonl(path, check=check_trajectory)]
+    below = sum(t.get("reward", 1.0) < args.min_reward for t in trajectories)  # e.g. a ScienceWorld gold path
+    trajectories = [t for t in trajectories if t.get("reward", 1.0) >= args.min_reward]  # that failed this time
+    if not trajectories:
+        raise InputError(f"{', '.join(args.data)}: no trajectory has a reward of at least --min-reward {args.min_reward}")
     if args.model == "tiny":
         texts = [m["content"] for t in trajectories for m in t["messages"]] + ["system user assistant"]
         tokenizer = build_tiny_tokenizer(texts, args.tiny_vocab)
@@ -239,7 +245,7 @@ def main():
         model.load_state_dict(best_state)
 
     summary = {"stage": "sft", "out": args.out, "params": n_params, "examples": len(train_examples),
-               "dev_examples": len(dev_examples), "skipped": skipped, "truncated": truncated,
+               "dev_examples": len(dev_examples), "skipped": skipped, "truncated": truncated, "below_min_reward": below,
                "epochs": len(history), "train_loss": history[-1]["train_loss"] if history else None,
                "dev_loss": round(best_dev, 4) if dev_examples and history else None, "seconds": round(time.time() - started, 1)}
     state = full_state_dict(model) if world > 1 and args.fsdp else None  # every rank sends its shards

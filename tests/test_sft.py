@@ -208,3 +208,20 @@ def test_gradient_checkpointing_keeps_the_sft_gradient():
         masked_nll(model, examples, "cpu")[0].backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert model.is_activation_checkpointing and torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_trajectories_below_min_reward_are_left_out_and_counted(tmp_path, monkeypatch):
+    """A gold path that failed on this load (ScienceWorld's boil-20 reaches 0.78 or 1.0) is not trained on."""
+    import sft
+    data, out = tmp_path / "expert.jsonl", tmp_path / "sft"
+    rewards = [1.0, 0.78, 1.0, None]  # a record without a reward is kept
+    data.write_text("".join(json.dumps({"messages": m, **({} if r is None else {"reward": r})}) + "\n"
+                            for m, r in zip(CONVERSATIONS, rewards)))
+    base = ["sft.py", "--data", str(data), "--epochs", "1", "--tiny-hidden", "32", "--tiny-layers", "1", "--dev-fraction", "0"]
+    monkeypatch.setattr(sys, "argv", base + ["--out", str(out)])
+    sft.main()
+    summary = json.loads((out / "args.json").read_text())["summary"]
+    assert summary["examples"] == 3 and summary["below_min_reward"] == 1
+    monkeypatch.setattr(sys, "argv", base + ["--out", str(tmp_path / "none"), "--min-reward", "2"])
+    with pytest.raises(sft.InputError, match="no trajectory has a reward of at least --min-reward 2.0"):
+        sft.main()
