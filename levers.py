@@ -16,6 +16,7 @@ invalid-action rate.
 import argparse
 import json
 import os
+import shlex
 import statistics
 import time
 
@@ -42,7 +43,7 @@ EXPLORATIONS = {"greedy": [], "sampled4": ["--samples", "4", "--temperature", "1
 def dev_row(args, seed_run, name, model, seed, kind, lever):
     out = os.path.join(seed_run, "dev", f"{name}.jsonl")
     run_stage("explore.py", out, "--env", args.env, "--split", "dev", "--model", model, "--seed", str(seed),
-              *limit_flags(args.dev_limit))
+              *limit_flags(args.dev_limit), *args.explore_flags)
     seen = behaviour(read_jsonl(out), {})
     return {"lever": lever, "model": kind, "seed": seed, "avg_reward": round(seen["avg_reward"], 2),
             "success_rate": round(seen["success"], 2), "item_1": seen["opened"]["item 1"],
@@ -55,7 +56,7 @@ def start_seed(args, seed_run, seed):
     run_stage("explore.py", expert, "--env", args.env, "--split", "train", "--expert", *limit_flags(args.train_limit))
     sft = os.path.join(seed_run, "sft")
     epochs = ["--epochs", str(args.sft_epochs)] if args.sft_epochs else []
-    run_stage("sft.py", sft, "--model", "tiny", "--data", expert, "--seed", str(seed), *epochs)
+    run_stage("sft.py", sft, "--model", "tiny", "--data", expert, "--seed", str(seed), *epochs, *shlex.split(args.sft_args))
     return dev_row(args, seed_run, "sft", sft, seed, "sft", "-")
 
 
@@ -66,7 +67,7 @@ def lever_rows(args, seed_run, seed, lever):
     shared = [flag.replace("{expert}", expert) for flag in (shared[0] if shared else [])]
     explored = os.path.join(seed_run, "iter1", "explore.jsonl" if exploration == "greedy" else f"explore-{exploration}.jsonl")
     run_stage("explore.py", explored, "--env", args.env, "--split", "train", "--model", sft, "--seed", str(seed),
-              *EXPLORATIONS[exploration], *limit_flags(args.train_limit))
+              *EXPLORATIONS[exploration], *limit_flags(args.train_limit), *args.explore_flags)
     pairs = os.path.join(seed_run, "iter1", f"pairs-{exploration}-{level}.jsonl")
     source = ["--within", "--level", "divergence"] if level == "within" else ["--expert", expert, "--level", level]
     summary = run_stage("pairs.py", pairs, "--explored", explored, *source)
@@ -122,8 +123,17 @@ def main():
     parser.add_argument("--train-limit", type=int, default=None, help="train tasks (default: all)")
     parser.add_argument("--dev-limit", type=int, default=None, help="dev tasks (default: all)")
     parser.add_argument("--sft-epochs", type=int, default=None, help="default: sft.py's for the tiny model")
+    parser.add_argument("--sft-args", default="", help="more sft.py flags, e.g. '--tiny-hidden 384 --tiny-layers 6'")
+    parser.add_argument("--explore-device", default=None, help="device for the rollouts (default: explore.py's, cuda "
+                        "when there is one); a tiny model's decode is launch-bound on a GPU, so a many-core host can "
+                        "run rollouts on cpu beside training on the GPU")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args()
+    try:
+        shlex.split(args.sft_args)
+    except ValueError as error:
+        raise InputError(f"--sft-args {args.sft_args!r}: {error}") from None
+    args.explore_flags = ["--device", args.explore_device] if args.explore_device else []
     args.lever_list = [lever.strip() for lever in args.levers.split(",") if lever.strip()]
     unknown = [lever for lever in args.lever_list if lever not in LEVERS]
     if unknown:

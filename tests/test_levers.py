@@ -45,3 +45,10 @@ def test_levers_run_end_to_end_and_share_a_control(tmp_path):
     assert rows[2] == {**rows[4], "lever": "eto"}  # one control for the two levers on the same pairs
     assert done.stdout.count("$ dpo.py") == 3 and "--loss dpop" in done.stdout
     assert (run / "levers.md").read_text().startswith("dev, 2 tasks, seeds 0")
+
+
+def test_unbalanced_sft_args_are_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "levers.py", "--run", str(tmp_path / "r"), "--sft-args", "--lr '1e-3"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--sft-args \"--lr '1e-3\": No closing quotation" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "r").exists()

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Issue 16 on a GPU host (16 cores, one GPU): the lever `eto` on shop:instruction over 3 seeds, for the
+# tiny model (2M parameters, its rollouts on CPU) and a wider one (384 wide, 6 layers: ~11M, rollouts on
+# the GPU), all seven runs side by side, each its own `levers.py --run`. One expert file serves them all.
+# Everything is built on the machine; nothing is downloaded. Small outputs (dev trajectories, rows,
+# summaries, logs) are copied to LOGS every 30 s and at the end, so a cut run still leaves its figures.
+#
+#   bash gpu_levers.sh [RUN] [LOGS] [SECONDS]      # default runs/gpu-levers, RUN, 520 s for the runs
+#   LIMITS="--train-limit 20 --dev-limit 8 --sft-epochs 1" bash gpu_levers.sh /tmp/x    # a dry run
+set -uo pipefail
+cd "$(dirname "$0")"
+RUN=${1:-runs/gpu-levers}
+LOGS=${2:-$RUN}
+SECONDS_FOR_RUNS=${3:-520}
+LIMITS=${LIMITS:-}
+ENV=shop:instruction
+WIDE="--tiny-hidden 384 --tiny-layers 6"
+export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
+mkdir -p "$RUN" "$LOGS"
+{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"; nproc
+  python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"; } > "$LOGS/machine.txt"
+limit=""; [[ "$LIMITS" =~ --train-limit\ ([0-9]+) ]] && limit="--limit ${BASH_REMATCH[1]}"
+python explore.py --env $ENV --split train --expert $limit --out "$RUN/expert.jsonl" > "$LOGS/expert.log" 2>&1 || exit 1
+
+collect() {  # the small files of every run, under LOGS
+  (cd "$RUN" && find . \( -name "levers*" -o -path "*/dev/*.jsonl" -o -name "*.args.json" -o -name args.json \
+      -o -name "*.log" \) -size -8M -print0 | xargs -0 -r cp --parents -t "$(cd - > /dev/null; cd "$LOGS"; pwd)" 2>/dev/null)
+}
+one_run() {  # name seed levers.py flags...
+  local name=$1 seed=$2; shift 2
+  mkdir -p "$RUN/$name/seed$seed"
+  cp "$RUN/expert.jsonl" "$RUN/expert.jsonl.args.json" "$RUN/$name/seed$seed/"
+  timeout "$SECONDS_FOR_RUNS" python levers.py --run "$RUN/$name" --env $ENV --seeds "$seed" --levers eto $LIMITS "$@" \
+      > "$RUN/$name/run.log" 2>&1
+  echo "$name exit $?" >> "$RUN/$name/run.log"
+}
+for seed in 0 1 2; do
+  one_run tiny-s$seed $seed --explore-device cpu &
+  one_run wide-s$seed $seed --sft-args "$WIDE" &
+done
+one_run wide-lr1e-3-s0 0 --sft-args "$WIDE --lr 1e-3" &
+( while sleep 30; do collect; done ) & syncer=$!
+wait $(jobs -p | grep -v "^$syncer$")
+kill $syncer 2>/dev/null
+collect
+grep -h "exit" "$RUN"/*/run.log
+cat "$RUN"/*/levers.md 2>/dev/null
