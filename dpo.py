@@ -225,6 +225,9 @@ def main():
             raise InputError("--replay runs in one process for now (not under torchrun)")
         replayed = [tokenize_conversation(tokenizer, r["messages"], args.max_length)
                     for r in read_jsonl(args.replay, ("messages",))]
+        replayed = [(ids, mask) for ids, mask in replayed if sum(mask[1:])]  # no agent token: nothing to replay
+        if not replayed:
+            raise InputError(f"{args.replay}: no trajectory keeps an agent token to replay at --max-length {args.max_length}")
         replay_order = list(range(len(replayed)))
         random.Random(args.seed + 1).shuffle(replay_order)
     reference = reference_logps(model, examples, args.device, args.average_logps, precision=args.autocast)

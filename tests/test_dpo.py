@@ -252,3 +252,12 @@ def test_replay_is_the_mean_nll_per_agent_token_however_it_is_split(tmp_path, mo
     history = run_dpo(tmp_path, monkeypatch, "--replay", str(tmp_path / "expert.jsonl"), "--epochs", "1",
                       "--batch-size", "4", "--micro-batch-size", "2", "--lr", "1e-3")
     assert all(step["nll/replay"] > 0 for step in history)
+
+
+def test_a_replay_file_without_agent_tokens_is_one_clear_error(tmp_path, monkeypatch):
+    tiny_model_and_pairs(tmp_path)
+    empty = {"messages": [{"role": "system", "content": "shop"}, {"role": "user", "content": "Instruction: socks"}]}
+    (tmp_path / "expert.jsonl").write_text(json.dumps(empty) + "\n")
+    with pytest.raises(InputError, match="no trajectory keeps an agent token to replay"):
+        run_dpo(tmp_path, monkeypatch, "--replay", str(tmp_path / "expert.jsonl"))
+    assert not (tmp_path / "out").exists()
