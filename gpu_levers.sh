@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Issue 16 on a GPU host (16 cores, one GPU): the lever `eto` on shop:instruction over 3 seeds, for the
-# tiny model (2M parameters, its rollouts on CPU) and a wider one (384 wide, 6 layers: ~11M, rollouts on
-# the GPU), all seven runs side by side, each its own `levers.py --run`. One expert file serves them all.
+# tiny model (2M parameters, its rollouts on CPU) and a wider one (384 wide, 6 layers: ~11M, SFT lr 1e-3:
+# at the tiny model's 3e-3 it does not train; rollouts on the GPU), all six runs side by side, each its
+# own `levers.py --run`. One expert file serves them all.
 # Everything is built on the machine; nothing is downloaded. Small outputs (dev trajectories, rows,
-# summaries, logs) are copied to LOGS every 30 s and at the end, so a cut run still leaves its figures.
+# summaries, logs) are packed into LOGS/levers-small.tgz every 30 s and at the end, so a cut run still
+# leaves its figures.
 #
 #   bash gpu_levers.sh [RUN] [LOGS] [SECONDS]      # default runs/gpu-levers, RUN, 520 s for the runs
 #   LIMITS="--train-limit 20 --dev-limit 8 --sft-epochs 1" bash gpu_levers.sh /tmp/x    # a dry run
@@ -14,17 +16,19 @@ LOGS=${2:-$RUN}
 SECONDS_FOR_RUNS=${3:-520}
 LIMITS=${LIMITS:-}
 ENV=shop:instruction
-WIDE="--tiny-hidden 384 --tiny-layers 6"
+WIDE="--tiny-hidden 384 --tiny-layers 6 --lr 1e-3"
 export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
-mkdir -p "$RUN" "$LOGS"
+mkdir -p "$RUN" "$LOGS"; LOGS=$(cd "$LOGS" && pwd)
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"; nproc
   python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"; } > "$LOGS/machine.txt"
 limit=""; [[ "$LIMITS" =~ --train-limit\ ([0-9]+) ]] && limit="--limit ${BASH_REMATCH[1]}"
 python explore.py --env $ENV --split train --expert $limit --out "$RUN/expert.jsonl" > "$LOGS/expert.log" 2>&1 || exit 1
 
-collect() {  # the small files of every run, under LOGS
-  (cd "$RUN" && find . \( -name "levers*" -o -path "*/dev/*.jsonl" -o -name "*.args.json" -o -name args.json \
-      -o -name "*.log" \) -size -8M -print0 | xargs -0 -r cp --parents -t "$(cd - > /dev/null; cd "$LOGS"; pwd)" 2>/dev/null)
+collect() {  # the small files of every run (rows, dev trajectories, summaries, logs), as one archive in LOGS:
+  # a device tool may bring back only a few files, and none deep in folders
+  (cd "$RUN" && find . -type f \( -name "levers*" -o -path "*/dev/*.jsonl" -o -name "*.args.json" -o -name args.json \
+      -o -name "*.log" \) -not -name "levers-small.tgz*" -size -8M | tar czf "$LOGS/levers-small.tgz.tmp" -T - 2>/dev/null) \
+      && mv "$LOGS/levers-small.tgz.tmp" "$LOGS/levers-small.tgz"
 }
 one_run() {  # name seed levers.py flags...
   local name=$1 seed=$2; shift 2
@@ -38,7 +42,6 @@ for seed in 0 1 2; do
   one_run tiny-s$seed $seed --explore-device cpu &
   one_run wide-s$seed $seed --sft-args "$WIDE" &
 done
-one_run wide-lr1e-3-s0 0 --sft-args "$WIDE --lr 1e-3" &
 ( while sleep 30; do collect; done ) & syncer=$!
 wait $(jobs -p | grep -v "^$syncer$")
 kill $syncer 2>/dev/null
