@@ -2,16 +2,18 @@
 
     python levers.py --run runs/levers --seeds 0,1                     # every lever
     python levers.py --run runs/levers --seeds 0,1 --levers eto,dpop   # some of them
+    python levers.py --run runs/wide --sft-args "--tiny-hidden 384 --tiny-layers 6 --lr 1e-3"   # a wider model
 
 Per seed, in RUN/seedS, the loop's own stages and paths: expert data, SFT, greedy exploration of the
 train tasks (iter1/explore.jsonl), so a finished `loop.py --seed S` run folder copied to RUN/seedS is
-reused, not retrained. Then per lever: its pairs, its DPO model from the SFT model, and the control
-for those pairs -- NLL on the same chosen turns, same lr, epochs and batches, no preference term
-(shared by the levers that use the same pairs); every model greedily on `dev` (the test splits only
-report, never choose). Rows go to RUN/levers.jsonl and the table to RUN/levers.md: dev reward and
-success per seed, their mean, ETO minus its control per seed, which result the models open first
-(item 1 / item 2 counts), how many bought with every option as the instruction asked, and the
-invalid-action rate.
+reused, not retrained (a stage already done is never redone, so new --sft-args need a new --run). Then
+per lever: its pairs, its DPO model from the SFT model, and the control for those pairs -- NLL on the
+same chosen turns, same lr, epochs and batches, no preference term (shared by the levers that use the
+same pairs); every model greedily on `dev` (the test splits only report, never choose). Rows go to
+RUN/levers.jsonl and the table to RUN/levers.md: dev reward and success per seed, their mean, ETO minus
+its control per seed, which result the models open first (item 1 / item 2 counts), how many bought with
+every option as the instruction asked, and the invalid-action rate. On a GPU host, `--explore-device cpu`
+runs the rollouts on its CPU cores beside the training (`gpu_levers.sh` runs several seeds that way).
 """
 import argparse
 import json
@@ -56,7 +58,7 @@ def start_seed(args, seed_run, seed):
     run_stage("explore.py", expert, "--env", args.env, "--split", "train", "--expert", *limit_flags(args.train_limit))
     sft = os.path.join(seed_run, "sft")
     epochs = ["--epochs", str(args.sft_epochs)] if args.sft_epochs else []
-    run_stage("sft.py", sft, "--model", "tiny", "--data", expert, "--seed", str(seed), *epochs, *shlex.split(args.sft_args))
+    run_stage("sft.py", sft, "--model", "tiny", "--data", expert, "--seed", str(seed), *epochs, *args.sft_flags)
     return dev_row(args, seed_run, "sft", sft, seed, "sft", "-")
 
 
@@ -130,7 +132,7 @@ def main():
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args()
     try:
-        shlex.split(args.sft_args)
+        args.sft_flags = shlex.split(args.sft_args)
     except ValueError as error:
         raise InputError(f"--sft-args {args.sft_args!r}: {error}") from None
     args.explore_flags = ["--device", args.explore_device] if args.explore_device else []
