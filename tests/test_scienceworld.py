@@ -1,7 +1,12 @@
 """ScienceWorld behind the env protocol. Needs `pip install scienceworld` and Java (CI installs both)."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 pytest.importorskip("scienceworld")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import envs  # noqa: E402
 from envs.scienceworld import MAX_STEPS, canonical, split_task_ids, thought_for  # noqa: E402
@@ -105,3 +110,29 @@ def test_the_gold_table_resumes_and_leaves_failing_gold_paths_out_of_train_only(
         sw.gold_table.cache_clear()
     with pytest.raises(ValueError, match="unknown split 'tests'"):
         sw.replay_gold(["tests"], out=str(table), env=FakeEnv())
+
+
+def test_gold_replay_shards_split_the_tasks_and_merge_back(tmp_path, monkeypatch):
+    import envs.scienceworld as sw
+
+    class FakeEnv:  # no JVM
+        def replay_gold(self, task_id):
+            return (1.0, int(task_id.rsplit("-", 1)[1]))
+
+    monkeypatch.setattr(sw, "split_task_ids", lambda: {"train": [f"boil-{v}" for v in range(5)]})
+    base = tmp_path / "base.tsv"
+    sw.write_table({"boil-1": (0.5, 9)}, str(base))  # done before: neither shard replays it
+    shards = []
+    for index in range(2):
+        out = tmp_path / f"g{index}.tsv"
+        out.write_text(base.read_text())
+        rows = sw.replay_gold(["train"], out=str(out), env=FakeEnv(), shard=(index, 2))
+        shards.append(out)
+        assert set(rows) == {"boil-1"} | {f"boil-{v}" for v in range(index, 5, 2)}
+    subprocess.run([sys.executable, "-m", "envs.scienceworld", "--out", str(base), "--merge", *map(str, shards)],
+                   check=True, capture_output=True, cwd=ROOT)
+    assert sw.read_table(str(base)) == {"boil-0": (1.0, 0), "boil-1": (0.5, 9), "boil-2": (1.0, 2),
+                                        "boil-3": (1.0, 3), "boil-4": (1.0, 4)}
+    for bad in ["2/2", "x"]:
+        with pytest.raises(ValueError, match="--shard"):
+            sw.parse_shard(bad)
