@@ -22,6 +22,7 @@ def run_main(main):
     """Run a stage's main(): an InputError (or ValueError from an env) is one line on stderr, exit 2."""
     try:
         main()
+        finish_distributed()
     except (InputError, ValueError) as e:
         if "--debug" in sys.argv:
             raise
@@ -167,6 +168,15 @@ def init_distributed(device):
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return dist.get_rank(), world, device
+
+
+def finish_distributed():
+    """Under torchrun: wait for every rank, then leave the process group. A rank that exits while another
+    still holds the group can make that one's gloo teardown abort (seen once: SIGABRT in a rank at exit)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def shard(items, rank, world):

@@ -21,7 +21,7 @@ def run(*command, procs=1):
     launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"] if procs > 1 else [])
     done = subprocess.run(launcher + list(command), cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[:2000] + " ... " + done.stderr[-1000:]  # a rank's own error comes first
     return done
 
 

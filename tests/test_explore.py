@@ -11,7 +11,7 @@ from experiments import best_of_n, distinct_successes
 from explore import (INVALID_FORMAT, make_expert_policy, make_forcing_policy, make_generate_policy,
                      make_in_context_policy, parse_action, rollout, step_prefixes, summarize)
 from sft import build_tiny_model, build_tiny_tokenizer
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_in_process
 
 ENV = envs.make("shop")
 
@@ -227,11 +227,11 @@ def test_the_in_context_example_comes_between_the_system_message_and_the_task():
     (["--expert", "--in-context", "e.jsonl"], "--in-context shows an example to a model: it needs --model"),
     (["--model", "m", "--samples", "2"], "--samples > 1 needs --temperature > 0"),
 ])
-def test_cli_bad_input_is_one_line(tmp_path, args, message):
-    out = tmp_path / "x.jsonl"
-    done = run("explore.py", *args, "--out", str(out))
-    assert done.returncode == 2 and message in done.stderr
-    assert "Traceback" not in done.stderr and not out.exists()
+def test_cli_bad_input_is_one_line(tmp_path, args, message, monkeypatch, capsys):
+    out = tmp_path / "x.jsonl"  # in process: the CLI's own path through run_main (test_cli_expert_sft_eval runs the shell's)
+    code, stderr = run_in_process("explore.py", *args, "--out", str(out), monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1
+    assert "Traceback" not in stderr and not out.exists()
 
 
 @pytest.mark.parametrize("script, content, message", [
@@ -246,13 +246,16 @@ def test_cli_bad_input_is_one_line(tmp_path, args, message):
     ("dpo.py", '{"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "user", "content": "a"}], '
                '"rejected": [{"role": "assistant", "content": "b"}]}\n', ":1: chosen: message 0 (user) is out of order"),
 ])
-def test_bad_training_files_fail_in_one_line_before_any_model_loads(tmp_path, script, content, message):
+def test_bad_training_files_fail_in_one_line_before_any_model_loads(tmp_path, script, content, message, monkeypatch,
+                                                                     capsys):
     data = tmp_path / "data.jsonl"
     data.write_text(content)
     flag = "--data" if script == "sft.py" else "--pairs"
     extra = [] if script == "sft.py" else ["--model", "no/such/model"]  # never reached: the file fails first
-    done = run(script, flag, str(data), "--out", str(tmp_path / "out"), *extra)
-    assert done.returncode == 2 and f"{data}{message}" in done.stderr and "Traceback" not in done.stderr
+    code, stderr = run_in_process(script, flag, str(data), "--out", str(tmp_path / "out"), *extra,
+                                  monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2 and f"{data}{message}" in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
