@@ -236,9 +236,17 @@ def read_table(path):
     """{task id: (reward, steps)} from a gold table file; empty if it is missing."""
     if not os.path.exists(path):
         return {}
+    table = {}
     with open(path) as f:
-        rows = [line.rstrip("\n").split("\t") for line in f if line.strip() and not line.startswith("task_id")]
-    return {task_id: (float(reward), int(steps)) for task_id, reward, steps in rows}
+        for number, line in enumerate(f, 1):
+            if not line.strip() or line.startswith("task_id"):
+                continue
+            try:
+                task_id, reward, steps = line.rstrip("\n").split("\t")
+                table[task_id] = (float(reward), int(steps))
+            except ValueError:
+                raise ValueError(f"{path}:{number}: expected task_id, reward, steps separated by tabs") from None
+    return table
 
 
 def write_table(rows, out):

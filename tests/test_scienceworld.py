@@ -133,6 +133,12 @@ def test_gold_replay_shards_split_the_tasks_and_merge_back(tmp_path, monkeypatch
                    check=True, capture_output=True, cwd=ROOT)
     assert sw.read_table(str(base)) == {"boil-0": (1.0, 0), "boil-1": (0.5, 9), "boil-2": (1.0, 2),
                                         "boil-3": (1.0, 3), "boil-4": (1.0, 4)}
+    bad_table = tmp_path / "bad.tsv"
+    bad_table.write_text("task_id\treward\tsteps\nboil-9 1.0 3\n")  # spaces, not tabs
+    done = subprocess.run([sys.executable, "-m", "envs.scienceworld", "--out", str(base), "--merge", str(bad_table)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode != 0 and done.stderr.strip() == f"{bad_table}:2: expected task_id, reward, steps separated by tabs"
+    assert "boil-9" not in base.read_text()
     for bad in ["2/2", "x"]:
         with pytest.raises(ValueError, match="--shard"):
             sw.parse_shard(bad)
