@@ -18,7 +18,7 @@ LIMITS=${LIMITS:-}
 SHARDS=${SHARDS:-9}
 export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
 mkdir -p "$RUN" "$LOGS"; LOGS=$(cd "$LOGS" && pwd)
-{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"; nproc; java -version 2>&1 | head -1
+{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"; nproc --all; java -version 2>&1 | head -1
   python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"; } > "$LOGS/machine.txt"
 
 collect() {  # results, logs and evaluation trajectories as one archive; the gold shards merged into one table
