@@ -18,7 +18,7 @@ none gets an invalid-format observation and still costs a step. Pairs are built 
 pairs.py (step 3).
 
 Output: a JSON line per trajectory: task_id, env, split, sample, messages (observations are user turns
-"Observation: ..."), reward, success, steps, invalid_actions, stop (done, max_steps, context),
+"Observation: ..."), reward, success, steps, invalid_actions, stop (done, max_steps, invalid, context),
 temperature, top_p, seed; forced_turns with --teacher-force, in_context with --in-context. The last
 line printed is a JSON summary (n, avg_reward x100, success_rate x100, ...); OUT.args.json records it.
 """
@@ -92,11 +92,13 @@ def cap(observation, max_chars):
     return observation if not max_chars or len(observation) <= max_chars else observation[:max_chars] + " [...]"
 
 
-def rollout(env_name, episodes, policy, batch_size=32, max_steps=None, desc="rollout", max_observation_chars=None):
+def rollout(env_name, episodes, policy, batch_size=32, max_steps=None, desc="rollout", max_observation_chars=None,
+            max_invalid=None):
     """Run (task_id, sample) episodes in batches; one policy call per turn advances a whole batch.
 
     Returns one record per episode with its messages, reward and step counts. The reward is the last
-    one the env returned: 0 until the shop's buy, the running best score for ScienceWorld.
+    one the env returned: 0 until the shop's buy, the running best score for ScienceWorld. An episode
+    ends after max_invalid invalid actions in a row (None: the env's `max_invalid`, if any; 0: never).
     """
     records = []
     if not episodes:
@@ -108,6 +110,8 @@ def rollout(env_name, episodes, policy, batch_size=32, max_steps=None, desc="rol
         pool.append(envs.make(env_name))
     if max_observation_chars is None:
         max_observation_chars = getattr(pool[0], "max_observation_chars", None)
+    if max_invalid is None:
+        max_invalid = getattr(pool[0], "max_invalid", 0)
     progress = tqdm(total=len(episodes), desc=desc, leave=False)
     for start in range(0, len(episodes), batch_size):
         batch = episodes[start:start + batch_size]
@@ -118,7 +122,7 @@ def rollout(env_name, episodes, policy, batch_size=32, max_steps=None, desc="rol
             states.append({"task_id": task_id, "sample": sample, "reward": 0.0, "steps": 0, "invalid_actions": 0,
                            "cut_replies": 0, "stop": None, "messages": [{"role": "system", "content": env.system_prompt},
                                                       {"role": "user", "content": first_observation}]})
-        active = list(range(len(batch)))
+        active, invalid_in_a_row = list(range(len(batch))), [0] * len(batch)
         while active:
             replies = policy([states[i]["messages"] for i in active], [states[i]["task_id"] for i in active])
             still_active = []
@@ -138,11 +142,15 @@ def rollout(env_name, episodes, policy, batch_size=32, max_steps=None, desc="rol
                 else:
                     observation, reward, done = env.step(action)
                     state["reward"] = reward
-                state["invalid_actions"] += observation.startswith(envs.INVALID)
+                invalid = observation.startswith(envs.INVALID)
+                state["invalid_actions"] += invalid
+                invalid_in_a_row[i] = invalid_in_a_row[i] + 1 if invalid else 0
                 if done:
                     state["stop"] = "done"
                 elif state["steps"] >= (max_steps or env.max_steps):
                     state["stop"] = "max_steps"  # steps ran out: the reward so far stands (the shop's is 0)
+                elif max_invalid and invalid_in_a_row[i] >= max_invalid:
+                    state["stop"] = "invalid"  # stuck: the reward so far stands, the rest would be waited for
                 else:
                     state["messages"].append({"role": "user",
                                               "content": f"Observation: {cap(observation, max_observation_chars)}"})
@@ -160,14 +168,16 @@ def summarize(records):
             "success_rate": round(100 * sum(r["success"] for r in records) / max(n, 1), 2),
             "invalid_action_rate": round(sum(r["invalid_actions"] for r in records) / max(steps, 1), 4),
             "cut_replies": sum(r.get("cut_replies", 0) for r in records),
-            "stops": {stop: sum(r["stop"] == stop for r in records) for stop in ("done", "max_steps", "context")},
+            "stops": {stop: sum(r["stop"] == stop for r in records)
+                      for stop in ("done", "max_steps", "invalid", "context")},
             "avg_steps": round(steps / max(n, 1), 2)}
 
 
 def check_arguments(args):
     """Every flag that can be wrong is refused before a model loads: one line each, naming the flag."""
     for flag, value, least in (("--samples", args.samples, 1), ("--batch-size", args.batch_size, 1),
-                               ("--limit", args.limit, 1), ("--skip", args.skip, 0)):
+                               ("--limit", args.limit, 1), ("--skip", args.skip, 0),
+                               ("--max-invalid", args.max_invalid, 0)):
         if value is not None and value < least:
             raise InputError(f"{flag} must be at least {least}, got {value}")
     if args.temperature == 0 and args.samples > 1:
@@ -198,6 +208,9 @@ def main():
     parser.add_argument("--max-steps", type=int, default=None, help="actions per episode (default: the env's)")
     parser.add_argument("--max-observation-chars", type=int, default=None,
                         help="cut longer observations (default: the env's; shop: none, scienceworld: 1000; 0: none)")
+    parser.add_argument("--max-invalid", type=int, default=None,
+                        help="end an episode after N invalid actions in a row, its reward so far standing (default: "
+                             "the env's; household: 5, others: never; 0: never)")
     parser.add_argument("--batch-size", type=int, default=32, help="episodes advanced together, one decode a turn")
     # the prompt: step-level exploration, an in-context example
     parser.add_argument("--teacher-force", metavar="EXPERT_JSONL",
@@ -238,7 +251,7 @@ def main():
         prefixes = step_prefixes(expert_records, task_ids, args.seed)
         policy = make_forcing_policy(policy, prefixes)
     records = rollout(args.env, episodes[rank::world], policy, batch_size=args.batch_size, max_steps=args.max_steps,
-                      desc=args.split, max_observation_chars=args.max_observation_chars)
+                      desc=args.split, max_observation_chars=args.max_observation_chars, max_invalid=args.max_invalid)
     if world > 1:  # rank 0 writes every rank's episodes, in the order one process would have
         records = gather_lists(records, world)
         if rank > 0:

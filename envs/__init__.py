@@ -11,6 +11,7 @@ Every environment returned by `make(name)` has:
     env.step(action) -> (observation, reward, done)   reward: the episode's reward so far, in [0, 1]
     env.expert(task_id) -> list   the expert's ReAct turns "Thought: ...\\nAction: ..."
     env.max_observation_chars     optional: the default cut for long observations (explore.py flag)
+    env.max_invalid               optional: end an episode after this many invalid actions in a row
 
 Environments are deterministic for a task id. An action the env cannot parse or apply never raises:
 it returns an observation starting with INVALID (so the agent reads why) and still costs a step.

@@ -43,6 +43,18 @@ def test_reply_without_action_gets_invalid_format_and_costs_a_step():
     assert messages[-1]["role"] == "assistant"
 
 
+def test_an_episode_ends_after_max_invalid_invalid_actions_in_a_row():
+    policy = scripted_policy(["I think I will search.", "Thought: ok\nAction: search[cotton t-shirt]",
+                              "Thought: hm\nAction: click[nothing]"])
+    # invalid, valid (the count starts over), invalid, invalid: the second in a row ends it at step 4
+    [record] = rollout("shop", [("train-0", 0)], policy, max_steps=10, max_invalid=2)
+    assert record["steps"] == 4 and record["stop"] == "invalid" and record["invalid_actions"] == 3
+    assert record["messages"][-1]["role"] == "assistant"
+    [record] = rollout("shop", [("train-0", 0)], policy, max_steps=10, max_invalid=0)  # 0: never
+    assert record["steps"] == 10 and record["stop"] == "max_steps"
+    assert summarize([{**record, "success": False}])["stops"] == {"done": 0, "max_steps": 1, "invalid": 0, "context": 0}
+
+
 def test_expert_rollout_records():
     episodes = [(task_id, 0) for task_id in ENV.task_ids("test_unseen")[:20]]
     records = rollout("shop", episodes, make_expert_policy(ENV), batch_size=7)
@@ -224,6 +236,7 @@ def test_the_in_context_example_comes_between_the_system_message_and_the_task():
     (["--expert", "--skip", "1000"], "--skip 1000 leaves no task: split 'train' has 1000"),
     (["--expert", "--teacher-force", "e.jsonl"], "--teacher-force replays the expert before the agent acts"),
     (["--expert", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--expert", "--max-invalid", "-1"], "--max-invalid must be at least 0, got -1"),
     (["--expert", "--in-context", "e.jsonl"], "--in-context shows an example to a model: it needs --model"),
     (["--model", "m", "--samples", "2"], "--samples > 1 needs --temperature > 0"),
 ])
