@@ -48,10 +48,11 @@ def _scienceworld(options):
 
 
 def _household(options):
+    """Option `valid`: every observation ends with the env's list of valid actions."""
     from envs.household import HouseholdEnv
-    if options:
-        raise ValueError(f"the household env takes no options (got {options!r})")
-    return HouseholdEnv()
+    if options not in ("", "valid"):
+        raise ValueError(f"unknown household option {options!r}; valid: valid")
+    return HouseholdEnv(list_valid_actions=options == "valid")
 
 
 ENVS = {"shop": _shop, "scienceworld": _scienceworld, "household": _household}

@@ -20,8 +20,9 @@ takes knowing where things go, which a model learns from the train tasks.
   that succeeded was ever that stuck, and 7 put an object away after it; on dev (140 tasks) every reward
   stays the same and the evaluation takes 76 s instead of 119 s.
 - Observations: the first is the task and the room's description; each step's reply is short. Valid
-  actions are not listed (the tiny model reads the room; listing them, as the authors' ALFWorld prompt
-  does not either, would triple the prompt).
+  actions are not listed by default, as the authors' ALFWorld prompt does not list them; the option
+  `household:valid` ends every observation with "Valid actions: ..." (the env's list, sorted), which
+  about doubles an expert trajectory's tokens (the README has both measured).
 - Expert: TextWorldExpress's gold path (its first action, `look around`, is the first observation
   already), written as ReAct turns with thoughts templated from each action (not written by a model).
   Every gold path reaches a full score (tests check a sample of every split).
@@ -67,9 +68,15 @@ class HouseholdEnv:
     max_invalid = MAX_INVALID
     max_batch = 16  # parallel episodes at most: each env is a small JVM
 
-    def __init__(self):
+    def __init__(self, list_valid_actions=False):
         self.env = start_jvm()
+        self.list_valid_actions = list_valid_actions
         self.task_id, self.best, self.gold = None, 0.0, {}
+
+    def _with_valid_actions(self, observation, info):
+        if not self.list_valid_actions:
+            return observation
+        return f"{observation}\nValid actions: {', '.join(sorted(info['validActions']))}"
 
     def task_ids(self, split):
         fold, first, count = SPLITS[check_split(split)]
@@ -82,7 +89,7 @@ class HouseholdEnv:
             raise KeyError(f"unknown household task id {task_id!r}")
         observation, info = self.env.reset(seed=int(seed), gameFold=fold, generateGoldPath=True)
         self.gold[task_id] = self.env.getGoldActionSequence()[1:]  # the first, look around, is the first observation
-        return f"{info['taskDescription'].strip()}\n{observation.strip()}"
+        return self._with_valid_actions(f"{info['taskDescription'].strip()}\n{observation.strip()}", info)
 
     def reset(self, task_id):
         self.task_id, self.best = task_id, 0.0
@@ -99,7 +106,7 @@ class HouseholdEnv:
         done = bool(done or info["tasksuccess"] or info["taskfailure"])
         if done:
             self.task_id = None
-        return observation, self.best, done
+        return self._with_valid_actions(observation, info), self.best, done
 
     def expert(self, task_id):
         if task_id not in self.gold:

@@ -41,3 +41,16 @@ def test_the_expert_succeeds_on_a_sample_of_every_split(env):
     records = rollout("household", episodes, make_expert_policy(env), batch_size=8)
     assert len(records) == 57 and all(r["reward"] == 1.0 and r["stop"] == "done" for r in records)
     assert all(r["invalid_actions"] == 0 and r["steps"] == len(env.expert(r["task_id"])) for r in records)
+
+
+def test_household_valid_lists_each_observations_valid_actions_and_the_expert_picks_from_them():
+    records = rollout("household:valid", [(t, 0) for t in envs.make("household").task_ids("dev")[:12]],
+                      make_expert_policy(envs.make("household:valid")), batch_size=4)
+    for record in records:
+        assert record["reward"] == 1.0 and record["invalid_actions"] == 0
+        turns = record["messages"][1:]  # observation, reply, observation, reply, ...
+        for observation, reply in zip(turns[0::2], turns[1::2]):
+            listed = observation["content"].split("\nValid actions: ")[1].split(", ")
+            assert listed == sorted(listed) and reply["content"].split("Action: ")[1] in listed
+    with pytest.raises(ValueError, match="unknown household option 'rooms=2'; valid: valid"):
+        envs.make("household:rooms=2")
