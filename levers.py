@@ -35,6 +35,7 @@ LEVERS = {
     "trajectory-dpop": ("greedy", "trajectory", ["--loss", "dpop", "--dpop-lambda", "5"]),
     "sampled4": ("sampled4", "divergence", []),                              # 4 samples per task at T = 1
     "sampled4-within": ("sampled4", "within", []),                           # best vs worst sample of a task
+    "sampled4-onpolicy": ("sampled4", "onpolicy", []),  # each failed sample vs the task's own success, else the expert
     # every step also trains NLL on a batch of whole expert trajectories, ETO and its control alike: the
     # chosen turns of failures alone are a biased sample (an item pair's chosen click is never item 1)
     "eto-replay": ("greedy", "divergence", [], ["--replay", "{expert}"]),
@@ -71,7 +72,9 @@ def lever_rows(args, seed_run, seed, lever):
     run_stage("explore.py", explored, "--env", args.env, "--split", "train", "--model", sft, "--seed", str(seed),
               *EXPLORATIONS[exploration], *limit_flags(args.train_limit), *args.explore_flags)
     pairs = os.path.join(seed_run, "iter1", f"pairs-{exploration}-{level}.jsonl")
-    source = ["--within", "--level", "divergence"] if level == "within" else ["--expert", expert, "--level", level]
+    source = {"within": ["--within", "--level", "divergence"],
+              "onpolicy": ["--expert", expert, "--on-policy", "--level", "divergence"]}.get(level,
+                                                                                     ["--expert", expert, "--level", level])
     summary = run_stage("pairs.py", pairs, "--explored", explored, *source)
     base = ["--lr", str(TINY_DEFAULTS["dpo_lr"]), "--beta", str(TINY_DEFAULTS["beta"]), "--epochs",
             str(TINY_DEFAULTS["dpo_epochs"]), "--sft-weight", str(TINY_DEFAULTS["sft_weight"]), "--seed", str(seed)]

@@ -5,13 +5,17 @@
     python pairs.py --explored runs/demo/iter1/explore.jsonl --expert runs/demo/expert.jsonl \
         --out runs/demo/iter1/pairs.jsonl --level divergence      # only the first turn whose action differs
     python pairs.py --explored runs/demo/samples.jsonl --within --out runs/demo/pairs.jsonl   # self-play
+    python pairs.py --explored runs/demo/samples.jsonl --expert runs/demo/expert.jsonl --on-policy \
+        --out runs/demo/pairs.jsonl --level divergence   # a task's own success is the chosen side, if it has one
 
 The rule (`pair_with_expert`, the authors' `construct_preference.py`): an explored trajectory that
 scored below the expert's is rejected and the expert's chosen (lose); one that scored above is chosen
 (win, possible only where the expert is below 1.0); equal scores give no pair (tie). Step-level pairs
 (paper App. B) need no rule of their own: `explore.py --teacher-force` records the expert turns it
 replayed (`forced_turns`), and those turns become part of the prompt. `--within` (self-play, paper
-4.5) needs no expert: each task's best sample is paired with its worst by the same rule.
+4.5) needs no expert: each task's best sample is paired with its worst by the same rule. `--on-policy`
+(issue 16, Tajwar et al. 2024): where one of a task's samples reaches the expert's reward, that sample
+stands in for the expert, so the chosen side is the policy's own; other tasks keep the expert.
 The last line printed is a JSON summary: pairs, win, tie, lose; OUT.args.json records it.
 """
 import argparse
@@ -113,11 +117,24 @@ def best_and_worst(records):
     return worst, best
 
 
+def on_policy_references(explored, expert):
+    """Per task, its first sample that reaches the expert's reward (the policy's own success), else the
+    expert trajectory: the references make_pairs pairs the samples with."""
+    successes = {}
+    expert_by_task = {record["task_id"]: record for record in expert}
+    for record in explored:
+        if record["reward"] >= expert_by_task[record["task_id"]]["reward"]:
+            successes.setdefault(record["task_id"], record)
+    return [successes.get(record["task_id"], record) for record in expert]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--explored", required=True, nargs="+", help="trajectory JSONL file(s) from explore.py")
     parser.add_argument("--expert", help="expert trajectory JSONL of the same tasks (explore.py --expert)")
     parser.add_argument("--within", action="store_true", help="self-play: each task's best sample against its worst")
+    parser.add_argument("--on-policy", action="store_true",
+                        help="with --expert: a task's own sample that reaches the expert's reward is the chosen side")
     parser.add_argument("--out", required=True, help="pairs JSONL: prompt, chosen, rejected, their rewards")
     parser.add_argument("--level", default="trajectory", choices=LEVELS,
                         help="trajectory: whole continuations (paper); divergence: the first turn whose action differs")
@@ -126,6 +143,8 @@ def main():
     args = parser.parse_args()
     if args.within == bool(args.expert):
         raise InputError("give either --expert (ETO's pairs) or --within (self-play's), not both or neither")
+    if args.on_policy and not args.expert:
+        raise InputError("--on-policy replaces the expert where a sample matches it: it needs --expert")
     if args.extra_turns < 0:
         raise InputError(f"--extra-turns must be at least 0, got {args.extra_turns}")
 
@@ -139,6 +158,8 @@ def main():
         missing = sorted({r["task_id"] for r in explored} - {r["task_id"] for r in reference})
         if missing:
             raise InputError(f"{args.expert}: no expert trajectory for {len(missing)} tasks, e.g. {missing[0]!r}")
+        if args.on_policy:
+            reference = on_policy_references(explored, reference)
     pairs, counts = make_pairs(explored, reference, args.extra_turns, args.level)
     write_jsonl(args.out, pairs)  # then the .args.json: written last, it marks the stage complete
     summary = {"stage": "pairs", "out": args.out, "pairs": len(pairs), **counts,

@@ -7,7 +7,8 @@ import pytest
 
 from common import InputError
 from dpo import tokenize_pair
-from pairs import best_and_worst, make_pairs
+from explore import parse_action
+from pairs import best_and_worst, make_pairs, on_policy_references
 from sft import build_tiny_tokenizer
 from tests.conftest import ROOT
 
@@ -77,6 +78,21 @@ def test_self_play_pairs_the_best_sample_of_a_task_with_its_worst():
     assert (pair["chosen_reward"], pair["rejected_reward"]) == (1.0, 0.0)
 
 
+def test_on_policy_pairs_take_the_tasks_own_success_as_the_chosen_side():
+    expert = [record("a", 1.0, ["search[x]", "click[item 3]", "click[buy now]"]),
+              record("b", 1.0, ["search[y]", "click[item 2]", "click[buy now]"])]
+    samples = [record("a", 0.0, ["search[x]", "click[item 1]", "click[buy now]"]),
+               record("a", 1.0, ["search[x]", "click[item 2]", "click[buy now]"]),  # a's own success
+               record("a", 1.0, ["search[x]", "click[item 4]", "click[buy now]"]),  # a later one: ties with it
+               record("b", 0.5, ["search[y]", "click[item 1]", "click[buy now]"])]  # b: no success, the expert stays
+    references = on_policy_references(samples, expert)
+    assert references == [samples[1], expert[1]]
+    pairs, counts = make_pairs(samples, references, level="divergence")
+    assert counts == {"win": 0, "tie": 2, "lose": 2}  # a's successes tie with the first of them
+    assert [(p["task_id"], parse_action(p["chosen"][0]["content"]), parse_action(p["rejected"][0]["content"]))
+            for p in pairs] == [("a", "click[item 2]", "click[item 1]"), ("b", "click[item 2]", "click[item 1]")]
+
+
 def test_only_the_continuation_is_scored_when_the_prompt_holds_agent_turns():
     tokenizer = build_tiny_tokenizer(TEXTS, 300)
     pair = make_pairs([record("a", 0.0, ["search[red]", "click[one]"])],
@@ -97,6 +113,9 @@ def test_pairs_cli_needs_an_expert_or_within_and_writes_its_summary(tmp_path):
         done = run(*flags)
         assert done.returncode == 2 and "give either --expert (ETO's pairs) or --within" in done.stderr
         assert "Traceback" not in done.stderr and not out.exists()
+    done = run("--within", "--on-policy")
+    assert done.returncode == 2 and "--on-policy replaces the expert where a sample matches it: it needs --expert" \
+        in done.stderr and not out.exists()
     done = run("--expert", str(expert))
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.splitlines()[-1])
