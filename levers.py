@@ -72,9 +72,12 @@ def lever_rows(args, seed_run, seed, lever):
     run_stage("explore.py", explored, "--env", args.env, "--split", "train", "--model", sft, "--seed", str(seed),
               *EXPLORATIONS[exploration], *limit_flags(args.train_limit), *args.explore_flags)
     pairs = os.path.join(seed_run, "iter1", f"pairs-{exploration}-{level}.jsonl")
-    source = {"within": ["--within", "--level", "divergence"],
-              "onpolicy": ["--expert", expert, "--on-policy", "--level", "divergence"]}.get(level,
-                                                                                     ["--expert", expert, "--level", level])
+    if level == "within":  # self-play's pairs: no expert
+        source = ["--within", "--level", "divergence"]
+    elif level == "onpolicy":  # the task's own success stands in for the expert where there is one
+        source = ["--expert", expert, "--on-policy", "--level", "divergence"]
+    else:
+        source = ["--expert", expert, "--level", level]
     summary = run_stage("pairs.py", pairs, "--explored", explored, *source)
     base = ["--lr", str(TINY_DEFAULTS["dpo_lr"]), "--beta", str(TINY_DEFAULTS["beta"]), "--epochs",
             str(TINY_DEFAULTS["dpo_epochs"]), "--sft-weight", str(TINY_DEFAULTS["sft_weight"]), "--seed", str(seed)]
