@@ -3,13 +3,16 @@
     python levers.py --run runs/levers --seeds 0,1                     # every lever
     python levers.py --run runs/levers --seeds 0,1 --levers eto,dpop   # some of them
     python levers.py --run runs/wide --sft-args "--tiny-hidden 384 --tiny-layers 6 --lr 1e-3"   # a wider model
+    python levers.py --run runs/levers --seeds 0,1 --levers eto --iterations 3   # iterations 2-3 go on from 1's
 
 Per seed, in RUN/seedS, the loop's own stages and paths: expert data, SFT, greedy exploration of the
 train tasks (iter1/explore.jsonl), so a finished `loop.py --seed S` run folder copied to RUN/seedS is
 reused, not retrained (a stage already done is never redone, so new --sft-args need a new --run). Then
 per lever: its pairs, its DPO model from the SFT model, and the control for those pairs -- NLL on the
 same chosen turns, same lr, epochs and batches, no preference term (shared by the levers that use the
-same pairs); every model greedily on `dev` (the test splits only report, never choose). Rows go to
+same pairs). With --iterations N, rounds 2..N go on from each lever's own model (it explores, makes the
+pairs and is the reference, as in loop.py) and from its control's own model. Every model runs greedily
+on `dev` (the test splits only report, never choose). Rows go to
 RUN/levers.jsonl and the table to RUN/levers.md: dev reward and success per seed, their mean, ETO minus
 its control per seed, which result the models open first (item 1 / item 2 counts), how many bought with
 every option as the instruction asked, and the invalid-action rate. On a GPU host, `--explore-device cpu`
@@ -63,15 +66,33 @@ def start_seed(args, seed_run, seed):
     return dev_row(args, seed_run, "sft", sft, seed, "sft", "-")
 
 
-def lever_rows(args, seed_run, seed, lever):
-    """One lever on one seed: its ETO model's dev row and its control's."""
+def lever_names(lever, iteration):
+    """(ETO model, control) folder names under RUN/seedS/levers. In iteration 1 a control is shared by the
+    levers with the same pairs; later, each lever's pairs come from its own model, so each has its own."""
+    exploration, level, _, *shared = LEVERS[lever]
+    if iteration == 1:
+        return lever, f"control-{exploration}-{level}" + (f"-{lever}" if shared else "")
+    return f"{lever}-iter{iteration}", f"control-{lever}-iter{iteration}"
+
+
+def lever_rows(args, seed_run, seed, lever, iteration=1):
+    """One lever on one seed at one iteration: its ETO model's dev row and its control's. Iteration 1 starts
+    from SFT; iteration i from the lever's model of iteration i-1, which explores, makes the pairs and is
+    the reference (as in loop.py), while the control goes on from its own model of iteration i-1."""
     expert, sft = os.path.join(seed_run, "expert.jsonl"), os.path.join(seed_run, "sft")
     exploration, level, flags, *shared = LEVERS[lever]
     shared = [flag.replace("{expert}", expert) for flag in (shared[0] if shared else [])]
-    explored = os.path.join(seed_run, "iter1", "explore.jsonl" if exploration == "greedy" else f"explore-{exploration}.jsonl")
-    run_stage("explore.py", explored, "--env", args.env, "--split", "train", "--model", sft, "--seed", str(seed),
+    name, control_name = lever_names(lever, iteration)
+    folder = os.path.join(seed_run, f"iter{iteration}")
+    if iteration == 1:  # SFT explores once for every lever that explores the same way
+        policy, control_from = sft, sft
+        explored = os.path.join(folder, "explore.jsonl" if exploration == "greedy" else f"explore-{exploration}.jsonl")
+        pairs = os.path.join(folder, f"pairs-{exploration}-{level}.jsonl")
+    else:
+        policy, control_from = (os.path.join(seed_run, "levers", n) for n in lever_names(lever, iteration - 1))
+        explored, pairs = os.path.join(folder, f"explore-{lever}.jsonl"), os.path.join(folder, f"pairs-{lever}.jsonl")
+    run_stage("explore.py", explored, "--env", args.env, "--split", "train", "--model", policy, "--seed", str(seed),
               *EXPLORATIONS[exploration], *limit_flags(args.train_limit), *args.explore_flags)
-    pairs = os.path.join(seed_run, "iter1", f"pairs-{exploration}-{level}.jsonl")
     if level == "within":  # self-play's pairs: no expert
         source = ["--within", "--level", "divergence"]
     elif level == "onpolicy":  # the task's own success stands in for the expert where there is one
@@ -81,15 +102,15 @@ def lever_rows(args, seed_run, seed, lever):
     summary = run_stage("pairs.py", pairs, "--explored", explored, *source)
     base = ["--lr", str(TINY_DEFAULTS["dpo_lr"]), "--beta", str(TINY_DEFAULTS["beta"]), "--epochs",
             str(TINY_DEFAULTS["dpo_epochs"]), "--sft-weight", str(TINY_DEFAULTS["sft_weight"]), "--seed", str(seed)]
-    model = os.path.join(seed_run, "levers", lever)
-    run_stage("dpo.py", model, "--model", sft, "--pairs", pairs, *base, *flags, *shared)
-    # the control: the same chosen turns, the same steps, NLL only (shared by levers with the same pairs and
-    # the same flags for both)
-    control_name = f"control-{exploration}-{level}" + (f"-{lever}" if shared else "")
+    model = os.path.join(seed_run, "levers", name)
+    run_stage("dpo.py", model, "--model", policy, "--pairs", pairs, *base, *flags, *shared)
+    # the control: the same chosen turns, the same steps, NLL only
     control = os.path.join(seed_run, "levers", control_name)
-    run_stage("dpo.py", control, "--model", sft, "--pairs", pairs, *base, *shared, "--dpo-weight", "0", "--sft-weight", "1")
-    return [{**dev_row(args, seed_run, lever, model, seed, "eto", lever), "pairs": summary["pairs"]},
-            dev_row(args, seed_run, control_name, control, seed, "control", lever)]
+    run_stage("dpo.py", control, "--model", control_from, "--pairs", pairs, *base, *shared, "--dpo-weight", "0",
+              "--sft-weight", "1")
+    return [{**dev_row(args, seed_run, name, model, seed, "eto", lever), "pairs": summary["pairs"],
+             "iteration": iteration},
+            {**dev_row(args, seed_run, control_name, control, seed, "control", lever), "iteration": iteration}]
 
 
 def options_right(rows):
@@ -98,22 +119,30 @@ def options_right(rows):
     return f"{sum(r['options_right'] for r in rows)} of {sum(r['n'] for r in rows)}"
 
 
+def row_label(row):
+    """A lever's name, with its iteration after the first (rows written before --iterations have none)."""
+    iteration = row.get("iteration", 1)
+    return row["lever"] if iteration == 1 else f"{row['lever']} (iter {iteration})"
+
+
 def levers_table(rows):
-    """Markdown: per lever, ETO and its control on dev, mean over seeds and each seed, and ETO - control."""
+    """Markdown: per lever (and iteration), ETO and its control on dev, mean over seeds and each seed, and
+    ETO - control."""
     seeds = sorted({row["seed"] for row in rows})
     lines = [f"dev, {rows[0]['n']} tasks, seeds {', '.join(map(str, seeds))}; reward per seed in brackets", "",
              "| lever | model | dev reward | success | ETO − control per seed | item 1 / item 2 opened "
              "| options as asked | invalid % |", "|---|---|---|---|---|---|---|---|"]
-    for lever in dict.fromkeys(row["lever"] for row in rows):
+    for label in dict.fromkeys(row_label(row) for row in rows):
         for kind in ("sft", "eto", "control"):
-            found = sorted((r for r in rows if r["lever"] == lever and r["model"] == kind), key=lambda r: r["seed"])
+            found = sorted((r for r in rows if row_label(r) == label and r["model"] == kind), key=lambda r: r["seed"])
             if not found:
                 continue
             gaps = ""
             if kind == "eto":
-                control = {r["seed"]: r["avg_reward"] for r in rows if r["lever"] == lever and r["model"] == "control"}
+                control = {r["seed"]: r["avg_reward"] for r in rows
+                           if row_label(r) == label and r["model"] == "control"}
                 gaps = ", ".join(f"{r['avg_reward'] - control[r['seed']]:+.1f}" for r in found if r["seed"] in control)
-            lines.append(f"| {lever} | {kind} | {statistics.mean(r['avg_reward'] for r in found):.1f} "
+            lines.append(f"| {label} | {kind} | {statistics.mean(r['avg_reward'] for r in found):.1f} "
                          f"[{', '.join(format(r['avg_reward'], '.1f') for r in found)}] | "
                          f"{statistics.mean(r['success_rate'] for r in found):.1f} | {gaps} | "
                          f"{sum(r['item_1'] for r in found)} / {sum(r['item_2'] for r in found)} | "
@@ -128,6 +157,8 @@ def main():
     parser.add_argument("--env", default="shop")
     parser.add_argument("--seeds", default="0,1", help="comma list; each seed trains its own SFT model")
     parser.add_argument("--levers", default=",".join(LEVERS), help=f"comma list of: {', '.join(LEVERS)}")
+    parser.add_argument("--iterations", type=int, default=1, help="explore -> pairs -> DPO rounds per lever, each "
+                        "from the lever's model before (the paper: 2)")
     parser.add_argument("--train-limit", type=int, default=None, help="train tasks (default: all)")
     parser.add_argument("--dev-limit", type=int, default=None, help="dev tasks (default: all)")
     parser.add_argument("--sft-epochs", type=int, default=None, help="default: sft.py's for the tiny model")
@@ -150,14 +181,17 @@ def main():
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise InputError(f"--seeds must be a comma list of integers, got {args.seeds!r}") from None
+    if args.iterations < 1:
+        raise InputError(f"--iterations must be at least 1, got {args.iterations}")
     started = time.time()
     os.makedirs(args.run, exist_ok=True)
     write_json(os.path.join(args.run, "levers_args.json"), vars(args))
     rows = [start_seed(args, os.path.join(args.run, f"seed{seed}"), seed) for seed in seeds]
-    for lever in args.lever_list:  # lever by lever over the seeds, so each lever's comparison lands whole
-        for seed in seeds:
-            rows += lever_rows(args, os.path.join(args.run, f"seed{seed}"), seed, lever)
-        write_jsonl(os.path.join(args.run, "levers.jsonl"), rows)
+    for iteration in range(1, args.iterations + 1):
+        for lever in args.lever_list:  # lever by lever over the seeds, so each lever's comparison lands whole
+            for seed in seeds:
+                rows += lever_rows(args, os.path.join(args.run, f"seed{seed}"), seed, lever, iteration)
+            write_jsonl(os.path.join(args.run, "levers.jsonl"), rows)
     table = levers_table(rows)
     with open(os.path.join(args.run, "levers.md.tmp"), "w") as f:
         f.write(table)

@@ -21,6 +21,10 @@ def test_levers_table_puts_each_lever_beside_its_control():
     assert "| - | sft | 62.0 [60.0, 64.0] | 5.0 |  | 370 / 0 | 41 of 400 | 1.0 |" in table
     assert "| dpop | eto | 65.5 [70.0, 61.0] | 5.0 | +4.0, -2.5 | 15 / 270 | 41 of 400 | 1.0 |" in table
     assert "| dpop | control | 64.8 [66.0, 63.5] |" in table
+    rows += [{**row("dpop", "eto", 0, 72.0), "iteration": 2}, {**row("dpop", "control", 0, 67.5), "iteration": 2}]
+    table = levers_table(rows)  # a later iteration is its own row, beside its own iteration's control
+    assert "| dpop (iter 2) | eto | 72.0 [72.0] | 0.0 | +4.5 |" in table
+    assert "| dpop | eto | 65.5 [70.0, 61.0] | 5.0 | +4.0, -2.5 |" in table
     del rows[0]["options_right"]  # a row from before the column: shown as unknown, not as zero
     assert "| - | sft | 62.0 [60.0, 64.0] | 5.0 |  | 370 / 0 | - | 1.0 |" in levers_table(rows)
 
@@ -45,6 +49,35 @@ def test_levers_run_end_to_end_and_share_a_control(tmp_path):
     assert rows[2] == {**rows[4], "lever": "eto"}  # one control for the two levers on the same pairs
     assert done.stdout.count("$ dpo.py") == 3 and "--loss dpop" in done.stdout
     assert (run / "levers.md").read_text().startswith("dev, 2 tasks, seeds 0")
+
+
+@pytest.mark.slow
+def test_a_second_iteration_goes_on_from_each_model_of_the_first(tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "levers.py", "--run", str(run), "--seeds", "0", "--levers", "eto", "--iterations", "2",
+               "--train-limit", "6", "--dev-limit", "2", "--sft-epochs", "1"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in (run / "levers.jsonl").read_text().splitlines()]
+    assert [(r["model"], r.get("iteration")) for r in rows] == [("sft", None), ("eto", 1), ("control", 1),
+                                                                ("eto", 2), ("control", 2)]
+    levers = run / "seed0" / "levers"
+    # iteration 2: ETO from ETO 1 (which also explores), the control from control 1, on ETO 1's pairs
+    iter2 = run / "seed0" / "iter2"
+    explore_2 = next(line for line in done.stdout.splitlines()
+                     if line.startswith("$ explore.py") and "explore-eto" in line)
+    assert f"--model {levers / 'eto'} " in explore_2 and explore_2.endswith(str(iter2 / "explore-eto.jsonl"))
+    assert f"dpo.py --model {levers / 'eto'} --pairs {iter2 / 'pairs-eto.jsonl'}" in done.stdout
+    assert f"dpo.py --model {levers / 'control-greedy-divergence'} --pairs {iter2 / 'pairs-eto.jsonl'}" in done.stdout
+    assert (levers / "eto-iter2" / "args.json").exists() and (levers / "control-eto-iter2" / "args.json").exists()
+    assert "| eto (iter 2) | eto |" in (run / "levers.md").read_text()
+
+
+def test_iterations_below_one_are_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "levers.py", "--run", str(tmp_path / "r"), "--iterations", "0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--iterations must be at least 1, got 0" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "r").exists()
 
 
 def test_unbalanced_sft_args_are_one_line(tmp_path):
