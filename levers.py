@@ -12,11 +12,13 @@ per lever: its pairs, its DPO model from the SFT model, and the control for thos
 same chosen turns, same lr, epochs and batches, no preference term (shared by the levers that use the
 same pairs). With --iterations N, rounds 2..N go on from each lever's own model (it explores, makes the
 pairs and is the reference, as in loop.py) and from its control's own model. Every model runs greedily
-on `dev` (the test splits only report, never choose). Rows go to
-RUN/levers.jsonl and the table to RUN/levers.md: dev reward and success per seed, their mean, ETO minus
-its control per seed, which result the models open first (item 1 / item 2 counts), how many bought with
-every option as the instruction asked, and the invalid-action rate. On a GPU host, `--explore-device cpu`
-runs the rollouts on its CPU cores beside the training (`gpu_levers.sh` runs several seeds that way).
+on `dev` (the test splits only report, never choose). Rows go to RUN/levers.jsonl and the table to
+RUN/levers.md: dev reward and success per seed, their mean, ETO minus its control per seed, which result
+the models open first (item 1 / item 2 counts), how many bought with every option as the instruction
+asked, the invalid-action rate, and what the lever's pairs teach about the first result (pairs that first
+differ at a result click, and how many choose or reject item 1). Run again on a finished run, it redoes
+no stage and rewrites the table. On a GPU host, `--explore-device cpu` runs the rollouts on its CPU cores
+beside the training (`gpu_levers.sh` runs several seeds that way).
 """
 import argparse
 import json
@@ -27,7 +29,7 @@ import time
 
 from common import InputError, read_jsonl, run_main, write_json, write_jsonl
 from loop import TINY_DEFAULTS, limit_flags, run_stage
-from report import behaviour
+from report import behaviour, item_pair_counts
 
 # lever -> (exploration, pair level, DPO flags over the tiny model's defaults[, flags its control gets too])
 LEVERS = {
@@ -109,7 +111,7 @@ def lever_rows(args, seed_run, seed, lever, iteration=1):
     run_stage("dpo.py", control, "--model", control_from, "--pairs", pairs, *base, *shared, "--dpo-weight", "0",
               "--sft-weight", "1")
     return [{**dev_row(args, seed_run, name, model, seed, "eto", lever), "pairs": summary["pairs"],
-             "iteration": iteration},
+             "iteration": iteration, **item_pair_counts(read_jsonl(pairs))},
             {**dev_row(args, seed_run, control_name, control, seed, "control", lever), "iteration": iteration}]
 
 
@@ -117,6 +119,14 @@ def options_right(rows):
     if any("options_right" not in r for r in rows):  # rows written before this column existed
         return "-"
     return f"{sum(r['options_right'] for r in rows)} of {sum(r['n'] for r in rows)}"
+
+
+def item_pairs(rows):
+    """Over seeds: the ETO rows' item pairs, and in how many item 1 was chosen / rejected."""
+    if not rows or any("item_pairs" not in r for r in rows):  # not an ETO row, or written before this column
+        return ""
+    return (f"{sum(r['item_pairs'] for r in rows)} ({sum(r['item_1_chosen'] for r in rows)} / "
+            f"{sum(r['item_1_rejected'] for r in rows)})")
 
 
 def row_label(row):
@@ -131,7 +141,8 @@ def levers_table(rows):
     seeds = sorted({row["seed"] for row in rows})
     lines = [f"dev, {rows[0]['n']} tasks, seeds {', '.join(map(str, seeds))}; reward per seed in brackets", "",
              "| lever | model | dev reward | success | ETO − control per seed | item 1 / item 2 opened "
-             "| options as asked | invalid % |", "|---|---|---|---|---|---|---|---|"]
+             "| options as asked | invalid % | item pairs (item 1 chosen / rejected) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for label in dict.fromkeys(row_label(row) for row in rows):
         for kind in ("sft", "eto", "control"):
             found = sorted((r for r in rows if row_label(r) == label and r["model"] == kind), key=lambda r: r["seed"])
@@ -147,7 +158,7 @@ def levers_table(rows):
                          f"{statistics.mean(r['success_rate'] for r in found):.1f} | {gaps} | "
                          f"{sum(r['item_1'] for r in found)} / {sum(r['item_2'] for r in found)} | "
                          f"{options_right(found)} | "
-                         f"{statistics.mean(r['invalid_rate'] for r in found):.1f} |")
+                         f"{statistics.mean(r['invalid_rate'] for r in found):.1f} | {item_pairs(found)} |")
     return "\n".join(lines) + "\n"
 
 

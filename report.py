@@ -204,6 +204,23 @@ def sample_pairs(pairs, per_kind=PAIRS_PER_KIND, seed=0):
         {kind: len(found) for kind, found in by_kind.items()}
 
 
+def item_pair_counts(pairs):
+    """The pairs that first differ at a result click on both sides ("item pairs"), and in how many of them
+    `item 1` is the chosen click or the rejected one: what a set of pairs teaches about the first result."""
+    counts = Counter({"item_pairs": 0, "item_1_chosen": 0, "item_1_rejected": 0})
+    for pair in pairs:
+        differ = first_differing_action(pair["prompt"] + pair["chosen"], pair["prompt"] + pair["rejected"])
+        if differ is None:
+            continue
+        at = differ - len(pair["prompt"])
+        chosen, rejected = (parse_action(pair[side][at]["content"]) for side in ("chosen", "rejected"))
+        if action_kind(chosen) == action_kind(rejected) == "item":
+            counts["item_pairs"] += 1
+            counts["item_1_chosen"] += chosen == "click[item 1]"
+            counts["item_1_rejected"] += rejected == "click[item 1]"
+    return dict(counts)
+
+
 def pair_rewards(folder, pairs):
     """The implicit rewards of `pairs` under iteration 1's DPO model against its reference, or a reason why not."""
     args_file = os.path.join(folder, "iter1", "model", "args.json")

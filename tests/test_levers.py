@@ -13,14 +13,15 @@ def test_levers_table_puts_each_lever_beside_its_control():
     def row(lever, model, seed, reward, item_1=0, item_2=0):
         return {"lever": lever, "model": model, "seed": seed, "avg_reward": reward, "success_rate": 10.0 * seed,
                 "item_1": item_1, "item_2": item_2, "options_right": 20 + seed, "invalid_rate": 1.0, "n": 200}
+    pairs_0, pairs_1 = ({"item_pairs": n, "item_1_chosen": 1, "item_1_rejected": n - 1} for n in (30, 40))
     rows = [row("-", "sft", 0, 60.0, 190), row("-", "sft", 1, 64.0, 180),
-            row("dpop", "eto", 0, 70.0, 5, 150), row("dpop", "control", 0, 66.0),
-            row("dpop", "eto", 1, 61.0, 10, 120), row("dpop", "control", 1, 63.5)]
+            {**row("dpop", "eto", 0, 70.0, 5, 150), **pairs_0}, row("dpop", "control", 0, 66.0),
+            {**row("dpop", "eto", 1, 61.0, 10, 120), **pairs_1}, row("dpop", "control", 1, 63.5)]
     table = levers_table(rows)
     assert table.startswith("dev, 200 tasks, seeds 0, 1")
     assert "| - | sft | 62.0 [60.0, 64.0] | 5.0 |  | 370 / 0 | 41 of 400 | 1.0 |" in table
-    assert "| dpop | eto | 65.5 [70.0, 61.0] | 5.0 | +4.0, -2.5 | 15 / 270 | 41 of 400 | 1.0 |" in table
-    assert "| dpop | control | 64.8 [66.0, 63.5] |" in table
+    assert "| dpop | eto | 65.5 [70.0, 61.0] | 5.0 | +4.0, -2.5 | 15 / 270 | 41 of 400 | 1.0 | 70 (2 / 68) |" in table
+    assert "| dpop | control | 64.8 [66.0, 63.5] |" in table and table.count(" |  |\n") == 2  # sft, control: no pairs
     rows += [{**row("dpop", "eto", 0, 72.0), "iteration": 2}, {**row("dpop", "control", 0, 67.5), "iteration": 2}]
     table = levers_table(rows)  # a later iteration is its own row, beside its own iteration's control
     assert "| dpop (iter 2) | eto | 72.0 [72.0] | 0.0 | +4.5 |" in table

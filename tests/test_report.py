@@ -14,7 +14,7 @@ from common import sequence_logps
 from envs.shop import ShopEnv
 from explore import rollout
 from pairs import make_pairs
-from report import action_kind, behaviour, options_as_asked, sample_pairs, turn_rewards
+from report import action_kind, behaviour, item_pair_counts, options_as_asked, sample_pairs, turn_rewards
 from sft import build_tiny_model, build_tiny_tokenizer
 from tests.conftest import ROOT
 
@@ -117,6 +117,23 @@ def test_pairs_are_sampled_per_kind_and_reproducibly():
     again, _ = sample_pairs(pairs, per_kind=2)
     assert first == again and set(first) == {"item"} and counts == {"item": len(pairs)} and len(first["item"]) == 2
     assert all(at == 0 for _, at in first["item"])  # a divergence pair holds just the differing turn
+
+
+def test_item_pairs_counted_by_hand():
+    def turn(action, thought="t"):
+        return {"role": "assistant", "content": f"Thought: {thought}\nAction: {action}"}
+    seen = {"role": "user", "content": "Observation: a page"}
+    prompt = [{"role": "system", "content": "s"}, {"role": "user", "content": "Instruction: i"}]
+    sides = [([turn("click[item 2]")], [turn("click[item 1]")]),             # item 1 rejected
+             ([turn("click[item 1]")], [turn("click[item 3]")]),             # item 1 chosen
+             ([turn("search[a]"), seen, turn("click[item 1]"), seen, turn("click[buy now]")],  # a trajectory pair:
+              [turn("search[a]"), seen, turn("click[item 4]")]),             # it differs at turn 2, item 1 chosen
+             ([turn("search[a]")], [turn("search[b]")]),                     # not at a result
+             ([turn("click[item 2]")], [turn("click[next >]")]),             # a result against paging: not both items
+             ([turn("click[item 1]", "a")], [turn("click[item 1]", "b")])]   # the thoughts alone differ
+    pairs = [{"prompt": prompt, "chosen": chosen, "rejected": rejected} for chosen, rejected in sides]
+    assert item_pair_counts(pairs) == {"item_pairs": 3, "item_1_chosen": 2, "item_1_rejected": 1}
+    assert item_pair_counts([]) == {"item_pairs": 0, "item_1_chosen": 0, "item_1_rejected": 0}
 
 
 @pytest.fixture(scope="module")
