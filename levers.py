@@ -111,7 +111,7 @@ def lever_rows(args, seed_run, seed, lever, iteration=1):
     run_stage("dpo.py", control, "--model", control_from, "--pairs", pairs, *base, *shared, "--dpo-weight", "0",
               "--sft-weight", "1")
     return [{**dev_row(args, seed_run, name, model, seed, "eto", lever), "pairs": summary["pairs"],
-             "iteration": iteration, **item_pair_counts(read_jsonl(pairs))},
+             "iteration": iteration, **item_pair_counts(read_jsonl(pairs, ("prompt", "chosen", "rejected")))},
             {**dev_row(args, seed_run, control_name, control, seed, "control", lever), "iteration": iteration}]
 
 

@@ -72,6 +72,7 @@ def test_a_second_iteration_goes_on_from_each_model_of_the_first(tmp_path):
     assert f"dpo.py --model {levers / 'control-greedy-divergence'} --pairs {iter2 / 'pairs-eto.jsonl'}" in done.stdout
     assert (levers / "eto-iter2" / "args.json").exists() and (levers / "control-eto-iter2" / "args.json").exists()
     assert "| eto (iter 2) | eto |" in (run / "levers.md").read_text()
+    assert all(r["item_pairs"] >= r["item_1_chosen"] + r["item_1_rejected"] for r in rows if r["model"] == "eto")
 
 
 def test_iterations_below_one_are_one_line(tmp_path):
