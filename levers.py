@@ -123,7 +123,7 @@ def options_right(rows):
 
 def item_pairs(rows):
     """Over seeds: the ETO rows' item pairs, and in how many item 1 was chosen / rejected."""
-    if not rows or any("item_pairs" not in r for r in rows):  # not an ETO row, or written before this column
+    if any("item_pairs" not in r for r in rows):  # not an ETO row, or written before this column
         return ""
     return (f"{sum(r['item_pairs'] for r in rows)} ({sum(r['item_1_chosen'] for r in rows)} / "
             f"{sum(r['item_1_rejected'] for r in rows)})")

@@ -191,12 +191,17 @@ def turn_rewards(policy, reference, tokenizer, prompt, continuation, beta, devic
     return {i - len(prompt): reward for i, reward in zip(turns, rewards)}
 
 
+def differing_turn(pair):
+    """Index in the pair's continuations of the first turn whose action differs, or None (thoughts only)."""
+    differ = first_differing_action(pair["prompt"] + pair["chosen"], pair["prompt"] + pair["rejected"])
+    return differ - len(pair["prompt"]) if differ is not None else None
+
+
 def sample_pairs(pairs, per_kind=PAIRS_PER_KIND, seed=0):
     """A few pairs per kind of the chosen side's first differing action, the same ones on every call."""
     by_kind = {}
     for pair in pairs:
-        differ = first_differing_action(pair["prompt"] + pair["chosen"], pair["prompt"] + pair["rejected"])
-        at = differ - len(pair["prompt"]) if differ is not None else None
+        at = differing_turn(pair)
         kind = action_kind(parse_action(pair["chosen"][at]["content"])) if at is not None else "thought only"
         by_kind.setdefault(kind, []).append((pair, at))
     rng = random.Random(seed)
@@ -209,10 +214,9 @@ def item_pair_counts(pairs):
     `item 1` is the chosen click or the rejected one: what a set of pairs teaches about the first result."""
     counts = Counter({"item_pairs": 0, "item_1_chosen": 0, "item_1_rejected": 0})
     for pair in pairs:
-        differ = first_differing_action(pair["prompt"] + pair["chosen"], pair["prompt"] + pair["rejected"])
-        if differ is None:
+        at = differing_turn(pair)
+        if at is None:
             continue
-        at = differ - len(pair["prompt"])
         chosen, rejected = (parse_action(pair[side][at]["content"]) for side in ("chosen", "rejected"))
         if action_kind(chosen) == action_kind(rejected) == "item":
             counts["item_pairs"] += 1
