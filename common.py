@@ -1,8 +1,9 @@
-"""What every stage shares: one-line errors, JSONL in and out, atomic saves, model loading, and the
-per-turn loss mask with the log-probs it selects. Nothing here is one stage's own work."""
+"""What every stage shares: one-line errors, flags, JSONL in and out, atomic saves, model loading, and
+the per-turn loss mask with the log-probs it selects (SFT trains on them, DPO compares them). Several
+processes and the fast decode are in plumbing/."""
+import argparse
 import contextlib
 import importlib.util
-import inspect
 import json
 import math
 import os
@@ -11,7 +12,8 @@ import shutil
 import sys
 
 import torch
-from transformers import DynamicCache
+
+from plumbing.ranks import finish as finish_ranks
 
 
 class InputError(Exception):
@@ -22,7 +24,7 @@ def run_main(main):
     """Run a stage's main(): an InputError (or ValueError from an env) is one line on stderr, exit 2."""
     try:
         main()
-        finish_distributed()
+        finish_ranks()
     except (InputError, ValueError) as e:
         if "--debug" in sys.argv:
             raise
@@ -30,11 +32,23 @@ def run_main(main):
         sys.exit(2)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written and every flag's default (not for a required flag or
+    an on/off switch, where it says nothing)."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if action.required or action.nargs == 0 or action.default is argparse.SUPPRESS or "%(default)" in help_text:
+            return help_text
+        return help_text + " (default: %(default)s)"
+
+
 def add_system_flags(parser):
     """The flags every stage shares: seed, device, dtype, debug."""
     group = parser.add_argument_group("system")
     group.add_argument("--seed", type=int, default=0, help="seeds python and torch; recorded in every output")
-    group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                       help="where the model runs: cpu, cuda, cuda:1, ...")
     group.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
     group.add_argument("--autocast", default="none", choices=("none", "bf16"),
                        help="bf16: matmuls in bf16 under torch.autocast, weights and optimizer state in fp32; faster "
@@ -50,6 +64,7 @@ def autocast(device, kind):
 
 
 def set_seed(seed):
+    """The one place python's and torch's generators are seeded."""
     random.seed(seed)
     torch.manual_seed(seed)
 
@@ -155,107 +170,6 @@ def stop_if_diverged(loss, model, tokenizer, out, args_record, where, save=True)
     raise InputError(f"loss became {loss} at {where}; stopped, {out} not written; {kept}; try a lower --lr")
 
 
-# ---- several processes: `torchrun --nproc-per-node N sft.py ...` (and dpo.py) ----------------------------
-def init_distributed(device):
-    """(rank, world size, this rank's device): under torchrun, joins the process group (gloo on CPU, nccl
-    on GPU, one GPU a rank); alone, (0, 1, device)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, device
-    import torch.distributed as dist
-    if str(device).startswith("cuda"):
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return dist.get_rank(), world, device
-
-
-def finish_distributed():
-    """Under torchrun: wait for every rank, then leave the process group. A rank that exits while another
-    still holds the group can make that one's gloo teardown abort (seen once: SIGABRT in a rank at exit)."""
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def shard(items, rank, world):
-    """This rank's contiguous share of one optimizer step's items: ranks split a step as one process
-    splits it into --micro-batch-size passes, so N ranks give one process's gradient."""
-    per_rank = -(-len(items) // world)
-    return items[rank * per_rank:(rank + 1) * per_rank]
-
-
-def gather_lists(items, world):
-    """Every rank's list, concatenated in rank order, on every rank."""
-    import torch.distributed as dist
-    shares = [None] * world
-    dist.all_gather_object(shares, items)
-    return [item for share in shares for item in share]
-
-
-def all_sum(value, world, device):
-    """A number summed over the ranks (alone: the number)."""
-    if world == 1:
-        return value
-    import torch.distributed as dist
-    total = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(total)
-    return total.item()
-
-
-def wrap_for_ranks(model, world, fsdp=False):
-    """The module a step trains through. Alone: the model. Several ranks: DistributedDataParallel (a full
-    copy on every rank, gradients averaged in backward), or with `fsdp` PyTorch's own fully_shard: every
-    decoder layer, then the rest, sharded over the ranks, so weights, gradients and optimizer state take
-    1/N of the memory each and a layer is gathered only while it computes. Build the optimizer after this."""
-    if world == 1:
-        return model
-    if not fsdp:
-        return torch.nn.parallel.DistributedDataParallel(model)
-    from torch.distributed.fsdp import fully_shard
-    layer_classes = set(getattr(model, "_no_split_modules", None) or ())  # HF names its decoder layer here
-    for module in model.modules():
-        if type(module).__name__ in layer_classes:
-            fully_shard(module)
-    fully_shard(model)
-    return model
-
-
-@contextlib.contextmanager
-def gradient_sync(model, world, sync):
-    """A step's passes before its last keep their gradients on their rank (`sync` False): the ranks
-    average once per step, in the last pass's backward."""
-    if world == 1 or sync:
-        yield
-    elif hasattr(model, "no_sync"):  # DistributedDataParallel
-        with model.no_sync():
-            yield
-    else:  # fully_shard
-        model.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            model.set_requires_gradient_sync(True)
-
-
-def as_many_passes(passes, world, fsdp, device):
-    """Under fully_shard every forward gathers weights from all ranks, so every rank must run as many passes
-    as the busiest: this rank's passes, then None for each pass it runs at weight 0 to keep up."""
-    if world == 1 or not fsdp:
-        return passes
-    import torch.distributed as dist
-    most = torch.tensor([len(passes)], device=device)
-    dist.all_reduce(most, op=dist.ReduceOp.MAX)
-    return passes + [None] * (int(most.item()) - len(passes))
-
-
-def full_state_dict(model):
-    """The whole model's weights on CPU, gathered from the ranks' shards: every rank must call this."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
 # ---- models -----------------------------------------------------------------------------------------
 def load_model(path, device="cpu", dtype="auto"):
     """A causal LM and its tokenizer from a local folder (or a hub id if you are online), or from one
@@ -316,124 +230,13 @@ def checked_chat_model(path, model, tokenizer, device):
 
 def end_of_turn_token(tokenizer):
     """The special token the chat template puts after an assistant turn (<|im_end|>, <|eot_id|>, </s>...)."""
-    probe = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "MARK"}],
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "MARK"}],
                                           tokenize=False)
-    after = probe[probe.rindex("MARK") + 4:].lstrip()
+    after = rendered[rendered.rindex("MARK") + 4:].lstrip()
     for token in sorted(tokenizer.all_special_tokens, key=len, reverse=True):
         if token and after.startswith(token):
             return token
     return tokenizer.eos_token
-
-
-# ---- decoding: the model's side of a rollout (explore.py) ----------------------------------------------
-def make_generate_policy(model, tokenizer, temperature=0.0, top_p=1.0, max_new_tokens=64, seed=0, reuse_cache=True):
-    """A policy: (conversations, task ids) -> one (reply, finished) per conversation, from one batched
-    decode; None for a conversation that no longer fits the model's context.
-
-    The KV cache is kept from call to call (`reuse_cache`): the rollout passes the same episodes again,
-    in order, each one turn longer, so a conversation whose tokens start with exactly the tokens already
-    cached for a row of the last call feeds only its new tokens (the reply's end, the observation, the
-    next generation prompt). Anything else (a new batch, a reply that re-tokenizes differently) starts
-    the cache afresh, so the model always sees the re-encoded conversation's tokens. Rows left-pad each
-    chunk they add; padding stays in the cache as masked holes, and positions count real tokens only.
-    """
-    stop_ids = sorted({tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)), tokenizer.eos_token_id})
-    context = getattr(model.config, "max_position_embeddings", None) or 10 ** 9
-    calls = 0  # calls so far: each call's sampling seed derives from (seed, call)
-    # the cache's argument was renamed (past_key_values -> cache); an unknown name would be ignored silently
-    cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    kept = {"rows": [], "cache": None, "mask": None}  # per row its cached token ids; the cache; its 0/1 mask
-
-    def choose(logits):
-        """The next token of each row: argmax, or a sample drawn as `generate` draws it: temperature, the
-        50 likeliest tokens (its default top-k), then top-p (tested token for token)."""
-        if temperature <= 0:
-            return logits.argmax(-1)
-        logits = logits / temperature
-        kth_best = logits.topk(min(50, logits.shape[-1]), -1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth_best, float("-inf"))
-        if top_p < 1:  # drop the least likely tokens whose total probability is at most 1 - top_p
-            ascending, order = logits.sort(-1)
-            drop = ascending.softmax(-1).cumsum(-1) <= 1 - top_p
-            drop[:, -1] = False
-            logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-        return torch.multinomial(logits.softmax(-1), 1).squeeze(1)
-
-    def reuse(conversation_ids):
-        """Indices of the last call's rows that the conversations continue, in order; None: start afresh."""
-        rows, keep, j = kept["rows"], [], 0
-        for ids in conversation_ids:
-            while j < len(rows) and not (len(rows[j]) < len(ids) and ids[:len(rows[j])] == rows[j]):
-                j += 1
-            if j == len(rows):
-                return None
-            keep.append(j)
-            j += 1
-        return keep
-
-    @torch.no_grad()
-    def policy(conversations, task_ids=None):
-        nonlocal calls
-        all_ids = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-        all_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in all_ids]
-        fits = [len(ids) + max_new_tokens <= context for ids in all_ids]
-        conversation_ids = [ids for ids, ok in zip(all_ids, fits) if ok]
-        if not conversation_ids:
-            return [None] * len(conversations)
-        device, batch = model.device, len(conversation_ids)
-        keep = reuse(conversation_ids) if reuse_cache and kept["cache"] is not None else None
-        if keep is None:
-            rows, cache, mask = [[] for _ in conversation_ids], DynamicCache(), torch.zeros(batch, 0, dtype=torch.long, device=device)
-        else:
-            index = torch.tensor(keep, device=device)
-            rows, cache, mask = [list(kept["rows"][j]) for j in keep], kept["cache"], kept["mask"][index]
-            cache.batch_select_indices(index)
-        new = [ids[len(row):] for ids, row in zip(conversation_ids, rows)]
-        policy.stats["reused" if keep is not None else "fresh"] += batch
-        policy.stats["prompt_tokens"] += sum(len(n) for n in new)
-        width = max(len(n) for n in new)  # left-pad the new tokens: every row's last token sits at the end
-        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(n)) + n for n in new])
-        new_mask = torch.tensor([[0] * (width - len(n)) + [1] * len(n) for n in new])
-        positions = torch.tensor([[max(len(row) + t - width + len(n), 0) for t in range(width)] for row, n in zip(rows, new)])
-        for row, n in zip(rows, new):
-            row += n
-        torch.manual_seed(seed * 100003 + calls)  # a sampled run replays exactly from its seed
-        calls += 1
-        model.eval()
-        replies, running = [[] for _ in rows], torch.ones(batch, dtype=torch.bool)
-        for step in range(max_new_tokens):
-            mask = torch.cat([mask, new_mask.to(device)], 1)
-            logits = model(input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions.to(device),
-                           use_cache=True, **{cache_argument: cache}).logits[:, -1].float()
-            if cache.get_seq_length() != mask.shape[1]:
-                raise RuntimeError(f"the model did not fill the KV cache it was given ({cache_argument}=)")
-            next_ids = choose(logits).cpu()
-            for i in running.nonzero().flatten().tolist():
-                replies[i].append(next_ids[i].item())
-            running &= ~torch.isin(next_ids, torch.tensor(stop_ids))
-            if not running.any() or step == max_new_tokens - 1:
-                break
-            # feed each running row its token (a row that just stopped feeds its end-of-turn token too)
-            fed = {i for i in range(batch) if len(replies[i]) == step + 1}
-            input_ids = torch.tensor([[replies[i][-1] if i in fed else tokenizer.pad_token_id] for i in range(batch)])
-            new_mask = torch.tensor([[int(i in fed)] for i in range(batch)])
-            positions = torch.tensor([[len(rows[i])] for i in range(batch)])
-            for i in fed:
-                rows[i].append(replies[i][-1])
-        kept.update(rows=rows, cache=cache, mask=mask)
-        answers = iter(replies)
-        out = []
-        for ok in fits:
-            if not ok:
-                out.append(None)
-                continue
-            row = next(answers)
-            reply = tokenizer.decode(row, skip_special_tokens=True).split("\nObservation:")[0].strip()
-            out.append((reply, any(t in stop_ids for t in row)))  # it stopped at end of turn, not at the limit
-        return out
-
-    policy.stats = {"fresh": 0, "reused": 0, "prompt_tokens": 0}  # rows started afresh or continued; tokens fed
-    return policy
 
 
 # ---- the loss mask and the log-probs it selects -------------------------------------------------------
@@ -476,8 +279,10 @@ def micro_batches(items, size, token_budget=None, length=len):
     a large model's activations fit in memory. The step's gradient is the same however it is split."""
     passes, current = [], []
     for item in items:
-        longest = max([length(item)] + [length(other) for other in current])
-        if current and (len(current) == size or (token_budget and longest * (len(current) + 1) > token_budget)):
+        full = len(current) == size
+        if token_budget and not full:  # the padded tokens of this pass if `item` joined it
+            full = max(length(other) for other in current + [item]) * (len(current) + 1) > token_budget
+        if current and full:
             passes.append(current)
             current = []
         current.append(item)

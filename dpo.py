@@ -23,19 +23,22 @@ import math
 import random
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (InputError, add_system_flags, all_sum, as_many_passes, autocast, check_messages,
-                    checkpoint_activations, full_state_dict, gradient_sync, init_distributed, load_model, micro_batches,
-                    read_jsonl, run_main, save_model_atomically, sequence_logps, set_seed, shard, stop_if_diverged,
-                    tokenize_conversation, wrap_for_ranks)
+from common import (HelpFormatter, InputError, add_system_flags, autocast, check_messages, checkpoint_activations,
+                    load_model, micro_batches, read_jsonl, run_main, save_model_atomically, sequence_logps, set_seed,
+                    stop_if_diverged, tokenize_conversation)
+from plumbing.ranks import Ranks
 
 
 GRAD_CLIP = 1.0  # max gradient norm per step, the authors' (and HF Trainer's) default
 LOSSES = ("sigmoid", "ipo", "hinge", "dpop")
+METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected",
+           "nll/chosen")
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta,
@@ -100,92 +103,98 @@ def reference_logps(model, examples, device, average, batch_size=16, precision="
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def accumulate_step(model, examples, step_indices, reference, args, rank=0, world=1):
-    """Forward and backward over one optimizer step's pairs, micro-batch by micro-batch; the gradient is
-    that of the mean loss over the step's pairs, however they are split, over passes and over ranks (under
-    torchrun `model` is DistributedDataParallel and each rank takes its share). Returns the step's metrics."""
+@dataclass
+class Objective:
+    """What one pair's loss is: the preference term of `dpo_loss`, plus `sft_weight` x NLL on the chosen side."""
+    beta: float = 0.1
+    loss: str = "sigmoid"
+    dpo_weight: float = 1.0
+    sft_weight: float = 0.0
+    average_logps: bool = False  # mean instead of sum of token log-probs (the paper sums)
+    label_smoothing: float = 0.0
+    dpop_lambda: float = 5.0
+
+
+def accumulate_step(model, examples, step_indices, reference, objective, ranks, split, precision="none"):
+    """Forward and backward over one optimizer step's pairs; the gradient is that of the mean loss over the
+    step's pairs, however `ranks.passes` splits them (into `split`'s passes, over ranks). Returns the
+    step's metrics, named as TRL names them."""
     ref_chosen, ref_rejected = reference
-    metrics = {"loss": 0.0, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/accuracies": 0.0,
-               "logps/chosen": 0.0, "logps/rejected": 0.0, "nll/chosen": 0.0}
-    mine = shard(step_indices, rank, world)
-    weight = world if mine else 0  # an empty share still joins the all-reduce; x world undoes DDP's mean
-    # both sides' activations live until backward: a pair costs twice its longer side
-    passes = micro_batches(mine or step_indices[:1], args.micro_batch_size, args.token_budget,
-                           length=lambda i: 2 * max(len(examples[i][0]), len(examples[i][2])))
-    passes = as_many_passes(passes, world, getattr(args, "fsdp", False), args.device)
-    for n, micro in enumerate(passes):
-        weight = weight if micro else 0  # a pass run only to keep up with the other ranks counts nothing
-        micro = micro or step_indices[:1]
+    device, metrics = ranks.device, dict.fromkeys(METRICS, 0.0)
+    for micro, weight in ranks.passes(model, step_indices, split):
         batch = [examples[i] for i in micro]
-        with gradient_sync(model, world, sync=n == len(passes) - 1):
-            with autocast(args.device, args.autocast):
-                chosen_logps, counts = sequence_logps(model, [(e[0], e[1]) for e in batch], args.device, args.average_logps)
-                with torch.set_grad_enabled(args.dpo_weight != 0):  # the NLL-only control just watches this side
-                    rejected_logps, _ = sequence_logps(model, [(e[2], e[3]) for e in batch], args.device, args.average_logps)
-            losses, chosen_rewards, rejected_rewards = dpo_loss(
-                chosen_logps, rejected_logps, ref_chosen[micro], ref_rejected[micro], args.beta, args.loss,
-                args.label_smoothing, args.dpop_lambda)
-            # NLL on chosen per agent token (the control's term; IPR adds it to DPO)
-            nll = -(chosen_logps if args.average_logps else chosen_logps / counts)
-            loss = (args.dpo_weight * losses + args.sft_weight * nll).sum() / len(step_indices)
-            (loss * weight).backward()
-        share = weight / world * len(batch) / len(step_indices)
-        metrics["loss"] += loss.item() * weight / world
-        metrics["nll/chosen"] += nll.mean().item() * share
-        metrics["rewards/chosen"] += chosen_rewards.mean().item() * share
-        metrics["rewards/rejected"] += rejected_rewards.mean().item() * share
-        metrics["rewards/accuracies"] += (chosen_rewards > rejected_rewards).float().mean().item() * share
-        metrics["logps/chosen"] += chosen_logps.mean().item() * share
-        metrics["logps/rejected"] += rejected_logps.mean().item() * share
-    metrics = {name: all_sum(value, world, args.device) for name, value in metrics.items()}
+        with autocast(device, precision):
+            chosen_logps, counts = sequence_logps(model, [(e[0], e[1]) for e in batch], device, objective.average_logps)
+            with torch.set_grad_enabled(objective.dpo_weight != 0):  # the NLL-only control just watches this side
+                rejected_logps, _ = sequence_logps(model, [(e[2], e[3]) for e in batch], device, objective.average_logps)
+        losses, chosen_rewards, rejected_rewards = dpo_loss(
+            chosen_logps, rejected_logps, ref_chosen[micro], ref_rejected[micro], objective.beta, objective.loss,
+            objective.label_smoothing, objective.dpop_lambda)
+        nll = -(chosen_logps if objective.average_logps else chosen_logps / counts)  # per agent token of chosen
+        loss = (objective.dpo_weight * losses + objective.sft_weight * nll).sum() / len(step_indices)
+        (loss * weight).backward()
+        metrics["loss"] += loss.item() * weight / ranks.world
+        share = weight / ranks.world * len(batch) / len(step_indices)  # this pass's part of the step's means
+        for name, value in (("nll/chosen", nll),
+                            ("rewards/chosen", chosen_rewards), ("rewards/rejected", rejected_rewards),
+                            ("rewards/accuracies", (chosen_rewards > rejected_rewards).float()),
+                            ("logps/chosen", chosen_logps), ("logps/rejected", rejected_logps)):
+            metrics[name] += value.mean().item() * share
+    metrics = {name: ranks.sum(value) for name, value in metrics.items()}
     metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
     return metrics
 
 
-def replay_step(model, replayed, indices, args):
+def replay_step(model, replayed, indices, replay_weight, split, device, precision="none"):
     """Backward of replay_weight x the mean NLL per agent token over one step's expert trajectories (whole
-    trajectories, every agent turn, as sft.py trains them), micro-batch by micro-batch; returns that NLL."""
+    trajectories, every agent turn, as sft.py trains them), pass by pass; returns that NLL."""
     tokens = sum(sum(replayed[i][1][1:]) for i in indices)  # the targets sequence_logps counts
     total = 0.0
-    for micro in micro_batches(indices, args.micro_batch_size, args.token_budget, length=lambda i: len(replayed[i][0])):
-        with autocast(args.device, args.autocast):
-            logps, _ = sequence_logps(model, [replayed[i] for i in micro], args.device)
+    for micro in split(indices):
+        with autocast(device, precision):
+            logps, _ = sequence_logps(model, [replayed[i] for i in micro], device)
         loss = -logps.sum() / tokens
-        (args.replay_weight * loss).backward()
+        (replay_weight * loss).backward()
         total += loss.item()
     return total
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # data and model
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    # the paper's settings for a 7B model: beta 0.1, lr 1e-6, batch 32, 3 epochs
     parser.add_argument("--model", required=True, help="the starting policy, also the frozen reference")
     parser.add_argument("--pairs", required=True, help="pairs JSONL: prompt, chosen, rejected (from pairs.py)")
     parser.add_argument("--out", required=True, help="output folder (save_pretrained format)")
-    parser.add_argument("--max-length", type=int, default=1024, help="tokens per sequence; longer ones are cut")
-    # the objective
-    parser.add_argument("--beta", type=float, default=0.1, help="paper: 0.1 (authors' script: 0.5 from iteration 2)")
-    parser.add_argument("--dpo-weight", type=float, default=1.0, help="scale of the DPO term")
-    parser.add_argument("--sft-weight", type=float, default=0.0, help="NLL on chosen (0 in the paper)")
-    parser.add_argument("--average-logps", action="store_true", help="mean instead of sum of token log-probs")
-    parser.add_argument("--loss", default="sigmoid", choices=LOSSES, help="sigmoid (DPO, paper), ipo, hinge or dpop")
-    parser.add_argument("--dpop-lambda", type=float, default=5.0, help="dpop: weight of the chosen side's drop below the reference")
-    parser.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO's e (sigmoid only)")
-    parser.add_argument("--replay", help="expert trajectories JSONL: each step also trains NLL on a batch of them "
-                                         "(cycled), so the expert's whole distribution is kept, not only the chosen turns")
-    parser.add_argument("--replay-weight", type=float, default=1.0, help="scale of the replay NLL (per token)")
-    # optimisation (paper: lr 1e-6, batch 32, 3 epochs for 7B)
-    parser.add_argument("--lr", type=float, default=1e-6)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--beta", type=float, default=0.1, help="the KL weight of Eq. 11 (authors' script: 0.5 from "
+                                                                "iteration 2)")
+    parser.add_argument("--lr", type=float, default=1e-6, help="peak learning rate (AdamW)")
+    parser.add_argument("--epochs", type=int, default=3, help="passes over the pairs")
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per optimizer step")
-    parser.add_argument("--micro-batch-size", type=int, default=8, help="pairs per forward pass, at most")
-    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward: "
+    parser.add_argument("--warmup-ratio", type=float, default=0.1, help="share of the steps with a linear warmup, "
+                                                                        "then constant, as the authors' script")
+    parser.add_argument("--max-length", type=int, default=1024, help="tokens per sequence; longer ones are cut")
+    beyond = parser.add_argument_group("beyond the paper (the paper: --dpo-weight 1, --sft-weight 0, summed "
+                                       "log-probs, --loss sigmoid)")
+    beyond.add_argument("--sft-weight", type=float, default=0.0, help="NLL per agent token of the chosen side, added "
+                        "to the loss; with --dpo-weight 0 it is the control (no preference signal)")
+    beyond.add_argument("--dpo-weight", type=float, default=1.0, help="scale of the preference term")
+    beyond.add_argument("--average-logps", action="store_true", help="mean instead of sum of token log-probs")
+    beyond.add_argument("--loss", default="sigmoid", choices=LOSSES, help="sigmoid (DPO, the paper's), ipo, hinge "
+                                                                          "(SLiC) or dpop (DPO-Positive)")
+    beyond.add_argument("--dpop-lambda", type=float, default=5.0, help="dpop: weight of the chosen side's drop below "
+                                                                       "the reference")
+    beyond.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO's e (sigmoid only)")
+    beyond.add_argument("--replay", help="expert trajectories JSONL: each step also trains NLL on a batch of them "
+                                         "(cycled), so the expert's whole distribution is kept, not only the chosen turns")
+    beyond.add_argument("--replay-weight", type=float, default=1.0, help="scale of the replay NLL (per token)")
+    memory = parser.add_argument_group("memory and processes (the gradient is the same however a step is split)")
+    memory.add_argument("--micro-batch-size", type=int, default=8, help="pairs per forward pass, at most")
+    memory.add_argument("--token-budget", type=int, default=None, help="padded tokens per forward pass, both sides, at "
+                                                                       "most (0: no limit); None: 0 under 50M parameters, else 4096")
+    memory.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward: "
                                                                               "less memory for a large model, ~1/3 more time")
-    parser.add_argument("--token-budget", type=int, default=None, help="padded tokens per forward pass, both sides, at "
-                                                                       "most (0: no limit); default 0 under 50M parameters, else 4096")
-    parser.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and optimizer "
+    memory.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and optimizer "
                                                             "state over the ranks (fully_shard) instead of a copy each (DDP)")
-    parser.add_argument("--warmup-ratio", type=float, default=0.1, help="then constant, as the authors' script")
     add_system_flags(parser)
     return parser
 
@@ -200,7 +209,8 @@ def main():
         raise InputError(f"--label-smoothing is conservative DPO's (sigmoid); --loss {args.loss} has none")
 
     started = time.time()
-    rank, world, args.device = init_distributed(args.device)  # under torchrun: a share of every step per rank
+    ranks = Ranks.start(args.device, args.fsdp)  # under torchrun: a share of every step per rank
+    args.device = ranks.device
     set_seed(args.seed)
     pairs = read_jsonl(args.pairs, ("prompt", "chosen", "rejected"), check_pair)  # before loading any model
     model, tokenizer = load_model(args.model, args.device, args.dtype)
@@ -221,8 +231,8 @@ def main():
         raise InputError(f"{args.pairs}: no pair keeps a trainable token on both sides at --max-length {args.max_length}")
     replayed = []
     if args.replay:  # whole expert trajectories, tokenized as sft.py does
-        if world > 1:
-            raise InputError("--replay runs in one process for now (not under torchrun)")
+        if ranks.world > 1:
+            raise InputError("--replay runs in one process (not under torchrun)")
         replayed = [tokenize_conversation(tokenizer, r["messages"], args.max_length)
                     for r in read_jsonl(args.replay, ("messages",))]
         replayed = [(ids, mask) for ids, mask in replayed if sum(mask[1:])]  # no agent token: nothing to replay
@@ -234,29 +244,40 @@ def main():
     if args.gradient_checkpointing:
         checkpoint_activations(model, dropout=False)  # train mode (which checkpointing needs), dropout still off
 
+    objective = Objective(args.beta, args.loss, args.dpo_weight, args.sft_weight, args.average_logps,
+                          args.label_smoothing, args.dpop_lambda)
+
+    def split_pairs(indices):  # both sides' activations live until backward: a pair costs twice its longer side
+        return micro_batches(indices, args.micro_batch_size, args.token_budget,
+                             length=lambda i: 2 * max(len(examples[i][0]), len(examples[i][2])))
+
+    def split_replayed(indices):
+        return micro_batches(indices, args.micro_batch_size, args.token_budget, length=lambda i: len(replayed[i][0]))
+
     rng = random.Random(args.seed)
     total_steps = math.ceil(len(examples) / args.batch_size) * args.epochs
     warmup = max(1, int(args.warmup_ratio * total_steps))
-    # several ranks: DDP or fully_shard averages the ranks' gradients in the last backward of a step
-    trained = wrap_for_ranks(model, world, args.fsdp)  # before the optimizer: fully_shard replaces the weights
+    trained = ranks.wrap(model)  # alone: the model itself
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    if rank == 0:
+    if ranks.main:
         print(f"dpo: {len(examples)} pairs ({skipped} skipped, {truncated} truncated), {total_steps} steps, beta {args.beta}, "
-              f"lr {args.lr}, {world} process(es)", file=sys.stderr)
+              f"lr {args.lr}, {ranks.world} process(es)", file=sys.stderr)
 
-    history, progress = [], tqdm(total=total_steps, desc="dpo", leave=False, disable=rank > 0)
+    history, progress = [], tqdm(total=total_steps, desc="dpo", leave=False, disable=not ranks.main)
     for epoch in range(1, args.epochs + 1):
         order = list(range(len(examples)))
         rng.shuffle(order)
         for start in range(0, len(order), args.batch_size):
-            metrics = accumulate_step(trained, examples, order[start:start + args.batch_size], reference, args, rank, world)
+            metrics = accumulate_step(trained, examples, order[start:start + args.batch_size], reference, objective,
+                                      ranks, split_pairs, args.autocast)
             if replayed:  # the next batch of expert trajectories, cycling through a fixed shuffle
                 at = len(history) * args.batch_size
-                metrics["nll/replay"] = replay_step(trained, replayed, [replay_order[(at + k) % len(replayed)]
-                                                                        for k in range(args.batch_size)], args)
+                batch = [replay_order[(at + k) % len(replayed)] for k in range(args.batch_size)]
+                metrics["nll/replay"] = replay_step(trained, replayed, batch, args.replay_weight, split_replayed,
+                                                    args.device, args.autocast)
             stop_if_diverged(metrics["loss"], model, tokenizer, args.out, {"args": vars(args), "history": history},
-                             f"epoch {epoch} step {len(history) + 1}", save=rank == 0 and not args.fsdp)
+                             f"epoch {epoch} step {len(history) + 1}", save=ranks.main and not args.fsdp)
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
             optimizer.step()
             scheduler.step()
@@ -270,8 +291,8 @@ def main():
     summary = {"stage": "dpo", "out": args.out, "pairs": len(examples), "skipped": skipped, "truncated": truncated,
                "steps": len(history), **{k: round(sum(h[k] for h in last) / len(last), 4) for k in history[-1] if k != "epoch"},
                "seconds": round(time.time() - started, 1)}
-    state = full_state_dict(model) if world > 1 and args.fsdp else None  # every rank sends its shards
-    if rank == 0:  # one writer: the ranks hold the same weights
+    state = ranks.state_dict(model)  # under --fsdp every rank sends its shards
+    if ranks.main:
         save_model_atomically(model, tokenizer, args.out, {"args": vars(args), "history": history, "summary": summary},
                               state_dict=state)
         print(json.dumps(summary))

@@ -32,8 +32,10 @@ import torch
 from tqdm import tqdm
 
 import envs
-from common import (InputError, add_system_flags, check_trajectory, gather_lists, init_distributed, load_model,
-                    make_generate_policy, read_jsonl, run_main, set_seed, write_json, write_jsonl)
+from common import (HelpFormatter, InputError, add_system_flags, check_trajectory, end_of_turn_token, load_model,
+                    read_jsonl, run_main, set_seed, write_json, write_jsonl)
+from plumbing.kv_decode import KVCacheDecoder
+from plumbing.ranks import Ranks
 
 INVALID_FORMAT = (f"{envs.INVALID}: no 'Action:' found. Reply as 'Thought: ...' on one line and "
                   f"'Action: ...' on the next.")
@@ -43,6 +45,85 @@ def parse_action(reply):
     """The text after the last 'Action:' of a reply (up to the end of its line), or None if there is none."""
     found = re.findall(r"Action:[ \t]*(.*)", reply)
     return found[-1].strip() if found and found[-1].strip() else None
+
+
+# ---- the model's side of a rollout: a reply per conversation, decoded token by token -----------------
+def next_tokens(logits, temperature=0.0, top_p=1.0):
+    """The next token of each row: argmax, or a sample drawn as transformers' `generate` draws it:
+    temperature, the 50 likeliest tokens (its default top-k), then top-p (tested token for token)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    kth_best = logits.topk(min(50, logits.shape[-1]), -1).values[:, -1:]
+    logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p < 1:  # drop the least likely tokens whose total probability is at most 1 - top_p
+        ascending, order = logits.sort(-1)
+        drop = ascending.softmax(-1).cumsum(-1) <= 1 - top_p
+        drop[:, -1] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1).squeeze(1)
+
+
+@torch.no_grad()
+def plain_decode(model, prompts, pick, max_new_tokens, stop_ids, pad_id):
+    """New token ids for each prompt (a list of token ids), up to and with its end-of-turn token: every
+    step feeds every conversation whole and appends the token `pick` chooses from its last logits."""
+    replies, running = [[] for _ in prompts], [True] * len(prompts)
+    for _ in range(max_new_tokens):
+        rows = [prompt + reply for prompt, reply in zip(prompts, replies)]
+        width = max(len(row) for row in rows)  # left-pad, so every row's newest token is the last column
+        input_ids = torch.tensor([[pad_id] * (width - len(row)) + row for row in rows], device=model.device)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=model.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # positions count real tokens, not the padding
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+        for i, token in enumerate(pick(logits).tolist()):
+            if running[i]:
+                replies[i].append(token)
+                running[i] = token not in stop_ids
+        if not any(running):
+            break
+    return replies
+
+
+def make_generate_policy(model, tokenizer, temperature=0.0, top_p=1.0, max_new_tokens=64, seed=0, decode="cached",
+                         reuse_cache=True):
+    """A policy: (conversations, task ids) -> one (reply, finished) per conversation, from one batched
+    decode; None for a conversation that no longer fits the model's context. `decode`: "plain" feeds each
+    conversation whole for every token (plain_decode); "cached" (the default) gives the same tokens 2-3x
+    faster by keeping a KV cache from token to token and turn to turn (plumbing/kv_decode.py)."""
+    stop_ids = sorted({tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)), tokenizer.eos_token_id})
+    context = getattr(model.config, "max_position_embeddings", None) or 10 ** 9
+    pick = lambda logits: next_tokens(logits, temperature, top_p)  # noqa: E731
+    cached = KVCacheDecoder(model, tokenizer.pad_token_id, stop_ids, pick, max_new_tokens, reuse_cache)
+    calls = 0  # calls so far: each call's sampling seed derives from (seed, call)
+
+    def policy(conversations, task_ids=None):
+        nonlocal calls
+        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        all_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+        fits = [len(ids) + max_new_tokens <= context for ids in all_ids]
+        prompts = [ids for ids, ok in zip(all_ids, fits) if ok]
+        if not prompts:
+            return [None] * len(conversations)
+        torch.manual_seed(seed * 100003 + calls)  # a sampled run replays exactly from its seed
+        calls += 1
+        model.eval()
+        if decode == "plain":
+            replies = plain_decode(model, prompts, pick, max_new_tokens, stop_ids, tokenizer.pad_token_id)
+        else:
+            replies = cached(prompts)
+        answers, out = iter(replies), []
+        for ok in fits:
+            if not ok:
+                out.append(None)
+                continue
+            tokens = next(answers)
+            reply = tokenizer.decode(tokens, skip_special_tokens=True).split("\nObservation:")[0].strip()
+            out.append((reply, any(t in stop_ids for t in tokens)))  # it stopped at end of turn, not at the limit
+        return out
+
+    policy.stats = cached.stats  # rows the cache started afresh or continued, and prompt tokens fed
+    return policy
 
 
 def make_expert_policy(env):
@@ -188,37 +269,45 @@ def check_arguments(args):
         raise InputError("--teacher-force replays the expert before the agent acts: it needs --model, not --expert")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     # what to run
     parser.add_argument("--env", default="shop", help=f"one of: {', '.join(sorted(envs.ENVS))} "
                                                       "(scienceworld:TYPE,TYPE,... for some task types)")
     parser.add_argument("--split", default="train", help=f"one of: {', '.join(envs.SPLITS)}")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N tasks of the split")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N tasks of the split (None: all)")
     parser.add_argument("--skip", type=int, default=0, help="leave out the first N tasks of the split (before --limit)")
     parser.add_argument("--out", required=True, help="output trajectory JSONL")
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--expert", action="store_true", help="replay the env's expert trajectories")
-    who.add_argument("--model", help="a model folder (from sft.py/dpo.py) or a HF chat model")
+    who.add_argument("--model", help="a model folder (from sft.py/dpo.py), a HF chat model or a .gguf file")
     # sampling (greedy by default: evaluation, and the authors' exploration)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the paper explores greedily)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling's p, when --temperature > 0")
     parser.add_argument("--samples", type=int, default=1, help="trajectories per task")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per reply")
-    parser.add_argument("--max-steps", type=int, default=None, help="actions per episode (default: the env's)")
+    parser.add_argument("--max-steps", type=int, default=None, help="actions per episode (None: the env's)")
     parser.add_argument("--max-observation-chars", type=int, default=None,
-                        help="cut longer observations (default: the env's; shop: none, scienceworld: 1000; 0: none)")
+                        help="cut longer observations (None: the env's; shop: none, scienceworld: 1000; 0: none)")
     parser.add_argument("--max-invalid", type=int, default=None,
-                        help="end an episode after N invalid actions in a row, its reward so far standing (default: "
+                        help="end an episode after N invalid actions in a row, its reward so far standing (None: "
                              "the env's; household: 5, others: never; 0: never)")
     parser.add_argument("--batch-size", type=int, default=32, help="episodes advanced together, one decode a turn")
-    # the prompt: step-level exploration, an in-context example
-    parser.add_argument("--teacher-force", metavar="EXPERT_JSONL",
+    parser.add_argument("--decode", default="cached", choices=("cached", "plain"),
+                        help="cached: keep a KV cache across tokens and turns; plain: feed each conversation whole "
+                             "for every token (the same tokens, 2-3x slower)")
+    beyond = parser.add_argument_group("beyond the paper's exploration")
+    beyond.add_argument("--teacher-force", metavar="EXPERT_JSONL",
                         help="step-level exploration (paper App. B): replay the expert's first t-1 turns of each "
                              "task, t drawn from 2..T by --seed, then let the agent act")
-    parser.add_argument("--in-context", metavar="EXPERT_JSONL",
+    beyond.add_argument("--in-context", metavar="EXPERT_JSONL",
                         help="show the file's first trajectory before each task, as the authors' evaluation does")
     add_system_flags(parser)
+    return parser
+
+
+def main():
+    parser = build_parser()
     args = parser.parse_args()
     check_arguments(args)
     example = read_jsonl(args.in_context, ("task_id", "messages"), check_trajectory)[0] if args.in_context else None
@@ -226,7 +315,8 @@ def main():
                       if args.teacher_force else None)
 
     started = time.time()
-    rank, world, args.device = init_distributed(args.device)  # under torchrun: every world-th episode per rank
+    ranks = Ranks.start(args.device)  # under torchrun: every world-th episode per rank
+    args.device = ranks.device
     set_seed(args.seed)
     env = envs.make(args.env)
     split_task_ids = env.task_ids(envs.check_split(args.split))
@@ -242,7 +332,8 @@ def main():
         policy, settings = make_expert_policy(env), {"temperature": None, "top_p": None}
     else:
         model, tokenizer = load_model(args.model, args.device, args.dtype)
-        policy = make_generate_policy(model, tokenizer, args.temperature, args.top_p, args.max_new_tokens, args.seed)
+        policy = make_generate_policy(model, tokenizer, args.temperature, args.top_p, args.max_new_tokens, args.seed,
+                                      args.decode)
         settings = {"temperature": args.temperature, "top_p": args.top_p}
         if example is not None:
             policy = make_in_context_policy(policy, example)
@@ -250,11 +341,11 @@ def main():
     if expert_records is not None:
         prefixes = step_prefixes(expert_records, task_ids, args.seed)
         policy = make_forcing_policy(policy, prefixes)
-    records = rollout(args.env, episodes[rank::world], policy, batch_size=args.batch_size, max_steps=args.max_steps,
+    records = rollout(args.env, episodes[ranks.rank::ranks.world], policy, batch_size=args.batch_size, max_steps=args.max_steps,
                       desc=args.split, max_observation_chars=args.max_observation_chars, max_invalid=args.max_invalid)
-    if world > 1:  # rank 0 writes every rank's episodes, in the order one process would have
-        records = gather_lists(records, world)
-        if rank > 0:
+    if ranks.world > 1:  # rank 0 writes every rank's episodes, in the order one process would have
+        records = ranks.gather(records)
+        if not ranks.main:
             return
         position = {episode: i for i, episode in enumerate(episodes)}
         records.sort(key=lambda r: position[(r["task_id"], r["sample"])])

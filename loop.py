@@ -27,13 +27,19 @@ import subprocess
 import sys
 import time
 
-from common import InputError, run_main, write_json, write_jsonl
+from common import HelpFormatter, InputError, run_main, write_json, write_jsonl
 
 SPLITS = ("test_seen", "test_unseen")
 PAIR_LEVELS = ("trajectory", "divergence", "step", "mixture")
 MODEL_STAGES = ("sft.py", "dpo.py")  # these write a save_pretrained folder; the others a JSONL file
 TORCH_STAGES = ("explore.py", "sft.py", "dpo.py")  # with --procs N, these run under torchrun
-PROCESSES = [1]  # processes per torch stage: set once by --procs
+HERE = os.path.dirname(os.path.abspath(__file__))  # the stages sit beside this file, wherever the loop runs from
+
+
+class Launch:
+    """How stages are launched, set once from the flags."""
+    procs = 1        # --procs: the torch stages run under torchrun with this many processes
+    dry_run = False  # --dry-run: print every command, run none
 # DPO settings by model: the tiny model's were chosen on the shop env's dev split (README); a loaded
 # (pretrained chat) model gets the paper's. SFT's lr and epochs default inside sft.py the same way.
 TINY_DEFAULTS = {"pair_level": "divergence", "dpo_lr": 1e-4, "beta": 1.0, "dpo_epochs": 2, "sft_weight": 1.0}
@@ -45,8 +51,11 @@ def run_stage(script, out, *flags):
     its summary file exists: every stage writes it last (a model folder's args.json arrives with the
     folder, by rename), so a killed stage leaves nothing that looks done."""
     summary_file = os.path.join(out, "args.json") if script in MODEL_STAGES else out + ".args.json"
+    if Launch.dry_run:
+        print(f"$ {launch_words(script, *flags, '--out', out)[1]}", flush=True)
+        return None
     if os.path.exists(summary_file):
-        print(f"[done] {shell_words(script, *flags, '--out', out)}", flush=True)
+        print(f"[done] {launch_words(script, *flags, '--out', out)[1]}", flush=True)
     else:
         run_command(script, *flags, "--out", out)
     with open(summary_file) as f:
@@ -56,15 +65,21 @@ def run_stage(script, out, *flags):
 def run_command(script, *flags):
     """Print `python SCRIPT FLAGS` and run it (a torch stage under torchrun with --procs); a failure stops
     the loop with the stage's exit status."""
-    launcher, shown = [sys.executable], shell_words(script, *flags)
-    if PROCESSES[0] > 1 and script in TORCH_STAGES:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={PROCESSES[0]}"]
-        shown = f"torchrun --standalone --nproc-per-node={PROCESSES[0]} {shown}"
+    launcher, shown = launch_words(script, *flags)
     print(f"$ {shown}", flush=True)
-    finished = subprocess.run([*launcher, script, *flags])
+    finished = subprocess.run([*launcher, os.path.join(HERE, script), *flags])
     if finished.returncode != 0:
         print(f"error: stage failed with exit status {finished.returncode}: {shown}", file=sys.stderr)
         sys.exit(finished.returncode)
+
+
+def launch_words(script, *flags):
+    """(the launcher's argv before the script, the command as a user would type it from the repo root)."""
+    launcher, shown = [sys.executable], shell_words("python", script, *flags)
+    if Launch.procs > 1 and script in TORCH_STAGES:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={Launch.procs}"]
+        shown = shell_words("torchrun", "--standalone", f"--nproc-per-node={Launch.procs}", script, *flags)
+    return launcher, shown
 
 
 def shell_words(*words):
@@ -78,6 +93,8 @@ def evaluate(args, run, name, model_dir, seed, *flags):
         summary = run_stage("explore.py", os.path.join(run, "eval", f"{name}.{split}.jsonl"), "--env", args.env,
                             "--split", split, "--model", model_dir, *limit_flags(args.eval_limit),
                             *rollout_flags(args, seed), *flags)
+        if summary is None:  # --dry-run
+            continue
         rows.append({"stage": name, "split": split, "avg_reward": summary["avg_reward"],
                      "success_rate": summary["success_rate"], "n": summary["n"], "model": model_dir, "seed": seed})
     return rows
@@ -104,7 +121,6 @@ def dpo_flags(args, iteration, seed):
 
 def eto_loop(args, run, seed):
     """Every ETO stage of one seed in `run`; returns (result rows, {"expert": path, "sft": path})."""
-    os.makedirs(run, exist_ok=True)
     # 1. expert trajectories and SFT
     expert = os.path.join(run, "expert.jsonl")
     run_stage("explore.py", expert, "--env", args.env, "--split", "train", "--expert", *limit_flags(args.train_limit))
@@ -138,6 +154,8 @@ def eto_loop(args, run, seed):
         pairs = os.path.join(folder, "pairs.jsonl")
         level = "divergence" if args.pair_level == "divergence" else "trajectory"
         summary = run_stage("pairs.py", pairs, "--explored", *explored, "--expert", expert, "--level", level)
+        if summary is None:  # --dry-run
+            summary = {"pairs": "?", "win": "?", "tie": "?", "lose": "?"}
         print(f"iteration {iteration}: {summary['pairs']} pairs (win {summary['win']}, tie {summary['tie']}, "
               f"lose {summary['lose']})", flush=True)
         if summary["pairs"] == 0:
@@ -171,41 +189,44 @@ def format_table(rows):
 
 
 def add_loop_flags(parser):
-    """The loop's flags, shared with experiments.py."""
+    """The loop's flags, shared with the research scripts built on it."""
     parser.add_argument("--run", default="runs/default", help="folder for every artifact of this run")
-    parser.add_argument("--env", default="shop")
-    parser.add_argument("--model", default="tiny", help="'tiny' or a HF chat-model folder")
-    parser.add_argument("--iterations", type=int, default=1, help="explore -> pairs -> DPO rounds (paper: 2)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--env", default="shop", help="shop, scienceworld, household (see envs/)")
+    parser.add_argument("--model", default="tiny", help="'tiny' (built offline) or a HF chat-model folder or .gguf file")
+    parser.add_argument("--iterations", type=int, default=1, help="explore -> pairs -> DPO rounds (the paper: 2)")
+    parser.add_argument("--seed", type=int, default=0, help="passed to every stage")
     parser.add_argument("--no-control", action="store_true", help="skip the sft-continued control")
-    parser.add_argument("--train-limit", type=int, default=None, help="train tasks used (default: all)")
-    parser.add_argument("--eval-limit", type=int, default=None, help="test tasks per split (default: all)")
-    parser.add_argument("--max-steps", type=int, default=None, help="actions per episode (default: the env's)")
+    parser.add_argument("--train-limit", type=int, default=None, help="train tasks used (None: all)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="test tasks per split (None: all)")
+    parser.add_argument("--max-steps", type=int, default=None, help="actions per episode (None: the env's)")
     parser.add_argument("--autocast", default="none", choices=("none", "bf16"),
-                        help="training matmuls in bf16 (sft.py/dpo.py --autocast); see the README's Performance")
+                        help="training matmuls in bf16 (sft.py/dpo.py --autocast); see docs/performance.md")
     parser.add_argument("--procs", type=int, default=1, help="processes per explore/SFT/DPO stage (torchrun: a GPU "
                                                               "each where CUDA is; on CPU they share the cores)")
+    parser.add_argument("--dry-run", action="store_true", help="print every stage's command, run none")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sft = parser.add_argument_group("SFT (default: sft.py's for the model: 10 epochs at 3e-3 for tiny, 3 at 1e-5 loaded)")
-    sft.add_argument("--sft-epochs", type=int, default=None)
-    sft.add_argument("--sft-lr", type=float, default=None)
+    sft = parser.add_argument_group("SFT (None: sft.py's default for the model: 10 epochs at 3e-3 for tiny, "
+                                    "3 at 1e-5 for a loaded model)")
+    sft.add_argument("--sft-epochs", type=int, default=None, help="sft.py --epochs")
+    sft.add_argument("--sft-lr", type=float, default=None, help="sft.py --lr")
     explore = parser.add_argument_group("exploration and pairs (the authors' script explores greedily, once per task)")
-    explore.add_argument("--temperature", type=float, default=0.0)
-    explore.add_argument("--samples", type=int, default=1)
+    explore.add_argument("--temperature", type=float, default=0.0, help="explore.py --temperature (0: greedy)")
+    explore.add_argument("--samples", type=int, default=1, help="explored trajectories per train task")
     explore.add_argument("--pair-level", default=None, choices=PAIR_LEVELS,
-                         help="divergence (tiny's default); trajectory as in the paper (a loaded model's default); step "
-                              "(the agent acts after t-1 teacher-forced expert turns, paper App. B) or mixture")
+                         help="None: divergence for tiny, trajectory (the paper's) for a loaded model; step: the "
+                              "agent acts after t-1 teacher-forced expert turns (paper App. B); mixture: both")
     dpo = parser.add_argument_group(
-        "DPO (defaults by model: for tiny, chosen on the shop env's dev split; for a loaded model, the paper's)")
+        "DPO (None: by model; for tiny, chosen on the shop env's dev split; for a loaded model, the paper's)")
     dpo.add_argument("--dpo-lr", type=float, default=None, help="tiny: 1e-4; loaded: 1e-6")
     dpo.add_argument("--beta", type=float, default=None, help="tiny: 1.0; loaded: 0.1")
     dpo.add_argument("--dpo-epochs", type=int, default=None, help="tiny: 2; loaded: 3")
-    dpo.add_argument("--sft-weight", type=float, default=None, help="NLL on chosen added to ETO's DPO loss; tiny: 1; loaded: 0")
-    dpo.add_argument("--dpo-batch-size", type=int, default=32)
+    dpo.add_argument("--sft-weight", type=float, default=None, help="NLL on chosen added to ETO's DPO loss; tiny: 1; "
+                                                                    "loaded: 0")
+    dpo.add_argument("--dpo-batch-size", type=int, default=32, help="dpo.py --batch-size (the paper: 32)")
     dpo.add_argument("--later-dpo-lr", type=float, default=None,
-                     help="lr from iteration 2 on (default: --dpo-lr; the authors' script: 5e-7)")
+                     help="lr from iteration 2 on (None: --dpo-lr; the authors' script: 5e-7)")
     dpo.add_argument("--later-beta", type=float, default=None,
-                     help="beta from iteration 2 on (default: --beta; the authors' script: 0.5)")
+                     help="beta from iteration 2 on (None: --beta; the authors' script: 0.5)")
 
 
 def fill_model_defaults(args):
@@ -213,20 +234,29 @@ def fill_model_defaults(args):
     --procs is checked and set for every stage launched."""
     if args.procs < 1:
         raise InputError(f"--procs must be at least 1, got {args.procs}")
-    PROCESSES[0] = args.procs
+    Launch.procs = args.procs
+    Launch.dry_run = getattr(args, "dry_run", False)
     defaults = TINY_DEFAULTS if args.model == "tiny" else PAPER_DEFAULTS
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_loop_flags(parser)
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
     fill_model_defaults(args)
     if args.iterations < 0:
         raise InputError(f"--iterations must be at least 0, got {args.iterations}")
+    if args.dry_run:
+        eto_loop(args, args.run, args.seed)
+        print(f"$ {launch_words('report.py', '--run', args.run)[1]}")
+        return
     started = time.time()
     os.makedirs(args.run, exist_ok=True)
     write_json(os.path.join(args.run, "loop_args.json"), vars(args))

@@ -14,7 +14,7 @@ scored below the expert's is rejected and the expert's chosen (lose); one that s
 (paper App. B) need no rule of their own: `explore.py --teacher-force` records the expert turns it
 replayed (`forced_turns`), and those turns become part of the prompt. `--within` (self-play, paper
 4.5) needs no expert: each task's best sample is paired with its worst by the same rule. `--on-policy`
-(issue 16, Tajwar et al. 2024): where one of a task's samples reaches the expert's reward, that sample
+(Tajwar et al. 2024): where one of a task's samples reaches the expert's reward, that sample
 stands in for the expert, so the chosen side is the policy's own; other tasks keep the expert.
 The last line printed is a JSON summary: pairs, win, tie, lose; OUT.args.json records it.
 """
@@ -22,7 +22,7 @@ import argparse
 import json
 import time
 
-from common import InputError, check_trajectory, read_jsonl, run_main, write_json, write_jsonl
+from common import HelpFormatter, InputError, check_trajectory, read_jsonl, run_main, write_json, write_jsonl
 from explore import parse_action
 
 LEVELS = ("trajectory", "divergence")
@@ -128,18 +128,26 @@ def on_policy_references(explored, expert):
     return [successes.get(record["task_id"], record) for record in expert]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--explored", required=True, nargs="+", help="trajectory JSONL file(s) from explore.py")
     parser.add_argument("--expert", help="expert trajectory JSONL of the same tasks (explore.py --expert)")
-    parser.add_argument("--within", action="store_true", help="self-play: each task's best sample against its worst")
-    parser.add_argument("--on-policy", action="store_true",
-                        help="with --expert: a task's own sample that reaches the expert's reward is the chosen side")
     parser.add_argument("--out", required=True, help="pairs JSONL: prompt, chosen, rejected, their rewards")
-    parser.add_argument("--level", default="trajectory", choices=LEVELS,
-                        help="trajectory: whole continuations (paper); divergence: the first turn whose action differs")
     parser.add_argument("--extra-turns", type=int, default=5, help="explored side: the expert's turns + this many")
+    beyond = parser.add_argument_group("beyond the paper")
+    beyond.add_argument("--level", default="trajectory", choices=LEVELS,
+                        help="trajectory: whole continuations (the paper's); divergence: the first turn whose action "
+                             "differs, after the explored trajectory's turns so far")
+    beyond.add_argument("--within", action="store_true", help="self-play (paper 4.5): each task's best sample against "
+                                                              "its worst, no expert")
+    beyond.add_argument("--on-policy", action="store_true",
+                        help="with --expert: a task's own sample that reaches the expert's reward is the chosen side")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    return parser
+
+
+def main():
+    parser = build_parser()
     args = parser.parse_args()
     if args.within == bool(args.expert):
         raise InputError("give either --expert (ETO's pairs) or --within (self-play's), not both or neither")

@@ -15,7 +15,7 @@
 chat template, and a ~2M-parameter Llama-style model from a config. Any other value is loaded with
 `from_pretrained` (a local folder; nothing is downloaded unless you allow it). Both take the same
 chat-template path. The output is a `save_pretrained` folder (safetensors) with `args.json`.
-Shared plumbing (JSONL, model loading, the per-turn loss mask `tokenize_conversation`) is in common.py.
+The per-turn loss mask (`tokenize_conversation`), JSONL and model loading are in common.py.
 """
 import argparse
 import json
@@ -27,10 +27,10 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import (InputError, add_system_flags, all_sum, as_many_passes, autocast, check_trajectory,
-                    checkpoint_activations, full_state_dict, gradient_sync, init_distributed, load_model, micro_batches,
-                    read_jsonl, run_main, save_model_atomically, sequence_logps, set_seed, shard, stop_if_diverged,
-                    tokenize_conversation, wrap_for_ranks)
+from common import (HelpFormatter, InputError, add_system_flags, autocast, check_trajectory, checkpoint_activations,
+                    load_model, micro_batches, read_jsonl, run_main, save_model_atomically, sequence_logps, set_seed,
+                    stop_if_diverged, tokenize_conversation)
+from plumbing.ranks import Ranks
 
 # defaults that fit the model: a model built from scratch needs a high lr and many epochs, a pretrained
 # one is wrecked by them (measured: SmolLM2-135M at lr 3e-3 gave 0 reward; the paper: 1e-5, 3 epochs)
@@ -113,10 +113,10 @@ def mean_nll(model, examples, device, batch_size=32, precision="none"):
     return total / max(count, 1)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     # data and model
-    parser.add_argument("--model", default="tiny", help="'tiny' (built offline) or a HF causal-LM folder/id")
+    parser.add_argument("--model", default="tiny", help="'tiny' (built offline) or a HF causal-LM folder/id or .gguf file")
     parser.add_argument("--data", required=True, nargs="+", help="trajectory JSONL file(s), a 'messages' field per line")
     parser.add_argument("--out", required=True, help="output folder (save_pretrained format)")
     parser.add_argument("--max-length", type=int, default=1024, help="tokens per example; longer ones are cut")
@@ -125,26 +125,34 @@ def main():
                         "reward (those without one are kept): successes only, as the authors' expert data; 0 keeps all")
     # optimisation (lr and epochs default by model; the paper's batch for 7B was 64)
     parser.add_argument("--epochs", type=int, default=None, help="most epochs to train (0: save the untrained model); "
-                                                                 "default 10 for --model tiny, 3 (the paper's) for a loaded model")
-    parser.add_argument("--patience", type=int, default=2, help="stop after this many epochs without a dev-loss gain (0: never)")
-    parser.add_argument("--lr", type=float, default=None, help="default 3e-3 for --model tiny (from scratch), 1e-5 (the "
+                                                                 "None: 10 for --model tiny, 3 (the paper's) for a loaded model")
+    parser.add_argument("--lr", type=float, default=None, help="None: 3e-3 for --model tiny (from scratch), 1e-5 (the "
                                                                "paper's) for a loaded model: the tiny lr wrecks a pretrained one")
-    parser.add_argument("--warmup-ratio", type=float, default=0.03)
-    parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step")
-    parser.add_argument("--micro-batch-size", type=int, default=16, help="sequences per forward pass, at most")
-    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward: "
+    parser.add_argument("--warmup-ratio", type=float, default=0.03, help="share of the steps with a linear warmup, "
+                                                                         "then cosine decay to a tenth of --lr")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decoupled weight decay")
+    parser.add_argument("--patience", type=int, default=2, help="stop after this many epochs without a dev-loss gain, "
+                                                                "keeping the best epoch (0: never)")
+    # memory and processes: how a step is computed, not what it computes
+    memory = parser.add_argument_group("memory and processes (the gradient is the same however a step is split)")
+    memory.add_argument("--micro-batch-size", type=int, default=16, help="sequences per forward pass, at most")
+    memory.add_argument("--token-budget", type=int, default=None, help="padded tokens per forward pass, at most (0: no "
+                                                                       "limit); None: 0 for tiny, 4096 for a loaded model")
+    memory.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward: "
                                                                               "less memory for a large model, ~1/3 more time")
-    parser.add_argument("--token-budget", type=int, default=None, help="padded tokens per forward pass, at most (0: no "
-                                                                       "limit); default 0 for tiny, 4096 for a loaded model")
-    parser.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and optimizer "
+    memory.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and optimizer "
                                                             "state over the ranks (fully_shard) instead of a copy each (DDP)")
-    # tiny model shape
-    parser.add_argument("--tiny-hidden", type=int, default=192)
-    parser.add_argument("--tiny-layers", type=int, default=4)
-    parser.add_argument("--tiny-vocab", type=int, default=2048)
+    tiny = parser.add_argument_group("the tiny model's shape (--model tiny)")
+    tiny.add_argument("--tiny-hidden", type=int, default=192, help="hidden size (the MLP is 8/3 of it)")
+    tiny.add_argument("--tiny-layers", type=int, default=4, help="decoder layers")
+    tiny.add_argument("--tiny-vocab", type=int, default=2048, help="BPE vocabulary, trained on --data")
     add_system_flags(parser)
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
     if args.micro_batch_size < 1:
         raise InputError(f"--micro-batch-size must be at least 1, got {args.micro_batch_size}")
     if args.batch_size % args.micro_batch_size:
@@ -155,7 +163,8 @@ def main():
             setattr(args, name, value)
 
     started = time.time()
-    rank, world, args.device = init_distributed(args.device)  # under torchrun: a share of every step per rank
+    ranks = Ranks.start(args.device, args.fsdp)  # under torchrun: a share of every step per rank
+    args.device = ranks.device
     set_seed(args.seed)
     # every file is checked before any model is built
     trajectories = [t for path in args.data for t in read_jsonl(path, check=check_trajectory)]
@@ -192,45 +201,41 @@ def main():
     model.train()
     if args.gradient_checkpointing:
         checkpoint_activations(model)
-    # several ranks: DDP or fully_shard averages the ranks' gradients in the last backward of a step
-    trained = wrap_for_ranks(model, world, args.fsdp)  # before the optimizer: fully_shard replaces the weights
+    trained = ranks.wrap(model)  # alone: the model itself
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(max(1, int(args.warmup_ratio * total_steps)), total_steps))
-    if rank == 0:
+    if ranks.main:
         print(f"sft: {n_params / 1e6:.2f}M params, {len(train_examples)} train / {len(dev_examples)} dev examples, "
-              f"{skipped} skipped, {truncated} truncated, {total_steps} steps max, {world} process(es)", file=sys.stderr)
+              f"{skipped} skipped, {truncated} truncated, {total_steps} steps max, {ranks.world} process(es)",
+              file=sys.stderr)
+
+    def split(step_examples):  # a step's forward passes, within --micro-batch-size and --token-budget
+        return micro_batches(step_examples, args.micro_batch_size, args.token_budget, length=lambda e: len(e[0]))
 
     best_dev, best_state, bad_epochs, history = float("inf"), None, 0, []
     for epoch in range(1, args.epochs + 1):
-        batches = length_batches(train_examples, args.batch_size, rng)
         epoch_loss, epoch_tokens = 0.0, 0.0
-        for batch_indices in tqdm(batches, desc=f"sft epoch {epoch}", leave=False, disable=rank > 0):
+        for batch_indices in tqdm(length_batches(train_examples, args.batch_size, rng), desc=f"sft epoch {epoch}",
+                                  leave=False, disable=not ranks.main):
             batch = [train_examples[i] for i in batch_indices]
-            n_tokens = sum(sum(mask[1:]) for _, mask in batch)  # the loss is a mean over the step's tokens
-            # this rank's share (an empty share still joins the all-reduce, at weight 0); x world undoes DDP's mean
-            mine = shard(batch, rank, world)
-            weight = world if mine else 0
-            passes = micro_batches(mine or batch[:1], args.micro_batch_size, args.token_budget, length=lambda e: len(e[0]))
-            passes = as_many_passes(passes, world, args.fsdp, args.device)
-            for i, micro in enumerate(passes):
-                with gradient_sync(trained, world, sync=i == len(passes) - 1):
-                    with autocast(args.device, args.autocast):
-                        loss_sum, count = masked_nll(trained, micro or batch[:1], args.device)
-                    (loss_sum * (weight if micro else 0) / n_tokens).backward()
-                if weight and micro:
+            n_tokens = sum(sum(mask[1:]) for _, mask in batch)  # the loss is a mean over the step's agent tokens
+            for micro, weight in ranks.passes(trained, batch, split):
+                with autocast(args.device, args.autocast):
+                    loss_sum, count = masked_nll(trained, micro, args.device)
+                (loss_sum * weight / n_tokens).backward()
+                if weight:
                     epoch_loss, epoch_tokens = epoch_loss + loss_sum.item(), epoch_tokens + count.item()
-            stop_if_diverged(all_sum(epoch_loss, world, args.device), model, tokenizer, args.out,
-                             {"args": vars(args), "history": history}, f"epoch {epoch} step {scheduler.last_epoch + 1}",
-                             save=rank == 0 and not args.fsdp)
+            stop_if_diverged(ranks.sum(epoch_loss), model, tokenizer, args.out, {"args": vars(args), "history": history},
+                             f"epoch {epoch} step {scheduler.last_epoch + 1}", save=ranks.main and not args.fsdp)
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         dev_loss = round(mean_nll(model, dev_examples, args.device, precision=args.autocast), 4) if dev_examples else None
-        train_loss = all_sum(epoch_loss, world, args.device) / all_sum(epoch_tokens, world, args.device)
+        train_loss = ranks.sum(epoch_loss) / ranks.sum(epoch_tokens)
         history.append({"epoch": epoch, "train_loss": round(train_loss, 4), "dev_loss": dev_loss})
-        if rank == 0:
+        if ranks.main:
             print(json.dumps(history[-1]), file=sys.stderr)
         if not dev_examples:
             continue
@@ -248,8 +253,8 @@ def main():
                "dev_examples": len(dev_examples), "skipped": skipped, "truncated": truncated, "below_min_reward": below,
                "epochs": len(history), "train_loss": history[-1]["train_loss"] if history else None,
                "dev_loss": round(best_dev, 4) if dev_examples and history else None, "seconds": round(time.time() - started, 1)}
-    state = full_state_dict(model) if world > 1 and args.fsdp else None  # every rank sends its shards
-    if rank == 0:  # one writer: the ranks hold the same weights
+    state = ranks.state_dict(model)  # under --fsdp every rank sends its shards
+    if ranks.main:
         save_model_atomically(model, tokenizer, args.out, {"args": vars(args), "history": history, "summary": summary},
                               state_dict=state)
         print(json.dumps(summary))

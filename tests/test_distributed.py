@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from common import shard
+from plumbing.ranks import Ranks, shard
 from dpo import tokenize_pair
 from tests.test_dpo import step_gradient, tiny_model_and_pairs
 
@@ -142,7 +142,7 @@ def test_shards_cover_a_step_once_and_the_ranks_gradients_average_to_one_process
     os.environ.setdefault("MASTER_PORT", "29533")
     torch.distributed.init_process_group("gloo", rank=0, world_size=1)
     try:
-        ranks = [step_gradient(model, examples, 8, sft_weight=0.5, rank=rank, world=2)[0] for rank in (0, 1)]
+        ranks = [step_gradient(model, examples, 8, sft_weight=0.5, ranks=Ranks(rank, 2))[0] for rank in (0, 1)]
     finally:
         torch.distributed.destroy_process_group()
     assert torch.allclose((ranks[0] + ranks[1]) / 2, whole, atol=1e-6)

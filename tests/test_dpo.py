@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import dpo
-from common import InputError, sequence_logps
-from dpo import accumulate_step, dpo_loss, tokenize_pair
+from common import InputError, micro_batches, sequence_logps
+from dpo import Objective, accumulate_step, dpo_loss, tokenize_pair
+from plumbing.ranks import Ranks
 from pairs import make_pairs
 from sft import build_tiny_model, build_tiny_tokenizer
 from tests.test_pairs import record
@@ -149,16 +150,15 @@ def gradients(model):
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
-def step_gradient(model, examples, micro_batch_size, rank=0, world=1, **objective):
-    """The gradient accumulate_step leaves for one optimizer step over all examples (as rank of world)."""
-    settings = {"micro_batch_size": micro_batch_size, "device": "cpu", "average_logps": False, "beta": 0.5,
-                "loss": "sigmoid", "label_smoothing": 0.0, "dpo_weight": 1.0, "sft_weight": 0.0, **objective}
-    args = dpo.build_parser().parse_args(["--model", "m", "--pairs", "p", "--out", "o"])
-    args.__dict__.update(settings)
+def step_gradient(model, examples, micro_batch_size, ranks=Ranks(), token_budget=None, **objective):
+    """The gradient accumulate_step leaves for one optimizer step over all examples (as `ranks.rank` of
+    `ranks.world`)."""
     with torch.no_grad():
         reference = tuple(r - 0.3 for r in dpo.reference_logps(model, examples, "cpu", False))  # h != 0
     model.zero_grad(set_to_none=True)
-    metrics = accumulate_step(model, examples, list(range(len(examples))), reference, args, rank, world)
+    metrics = accumulate_step(model, examples, list(range(len(examples))), reference, Objective(**{"beta": 0.5, **objective}),
+                              ranks, lambda indices: micro_batches(indices, micro_batch_size, token_budget, length=lambda i: 2 * max(
+                                  len(examples[i][0]), len(examples[i][2]))))
     return gradients(model), metrics
 
 
@@ -232,13 +232,11 @@ def test_replay_is_the_mean_nll_per_agent_token_however_it_is_split(tmp_path, mo
     model, tokenizer, _ = tiny_model_and_pairs(tmp_path)
     trajectories = [record(f"t{i}", 1.0, ["search[red shoes]", "click[buy now]"][:1 + i % 2]) for i in range(5)]
     replayed = [dpo.tokenize_conversation(tokenizer, r["messages"]) for r in trajectories]
-    args = dpo.build_parser().parse_args(["--model", "m", "--pairs", "p", "--out", "o", "--replay-weight", "0.5"])
-    args.__dict__.update(device="cpu", token_budget=0)
     results = []
     for micro in (5, 2):
-        args.micro_batch_size = micro
         model.zero_grad(set_to_none=True)
-        results.append((dpo.replay_step(model, replayed, list(range(5)), args), gradients(model)))
+        nll = dpo.replay_step(model, replayed, list(range(5)), 0.5, lambda indices: micro_batches(indices, micro), "cpu")
+        results.append((nll, gradients(model)))
     total, tokens = 0.0, 0
     with torch.no_grad():
         for ids, mask in replayed:

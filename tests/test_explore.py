@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import envs
-from experiments import best_of_n, distinct_successes
 from explore import (INVALID_FORMAT, make_expert_policy, make_forcing_policy, make_generate_policy,
                      make_in_context_policy, parse_action, rollout, step_prefixes, summarize)
 from sft import build_tiny_model, build_tiny_tokenizer
@@ -123,20 +122,25 @@ def briefly_trained_model(steps=10):
 
 
 @pytest.mark.parametrize("trained", [False, True])
-def test_greedy_with_the_kv_cache_kept_across_turns_equals_re_encoding_every_turn(trained):
+def test_the_kv_cache_decode_gives_the_plain_decodes_trajectories(trained):
+    """explore.py's plain_decode feeds every conversation whole for every token; the cached decode (kept
+    within a call, and across turns with reuse_cache) must give the same episodes, greedy and sampled."""
     model, tokenizer = briefly_trained_model() if trained else random_model()
     episodes = [(task_id, 0) for task_id in ENV.task_ids("test_seen")[:6]]
-    records, stats = {}, {}
-    for reuse in (False, True):
-        policy = make_generate_policy(model, tokenizer, max_new_tokens=24, reuse_cache=reuse)
-        records[reuse] = [r["messages"] for r in rollout("shop", episodes, policy, batch_size=4, max_steps=4)]
-        stats[reuse] = policy.stats
-    assert records[True] == records[False]
-    assert stats[False]["reused"] == 0 and stats[False]["fresh"] == stats[True]["fresh"] + stats[True]["reused"]
-    if trained:  # the cache was carried: rows continued, and far fewer tokens fed than re-encoding feeds
-        assert stats[True]["reused"] >= 6 and stats[True]["prompt_tokens"] < stats[False]["prompt_tokens"] / 2
-    else:        # a random model's replies re-tokenize differently: every row starts afresh, still correct
-        assert stats[True]["reused"] == 0
+    for temperature in (0.0, 1.0):
+        records, stats = {}, {}
+        for decode, reuse in (("plain", False), ("cached", False), ("cached", True)):
+            policy = make_generate_policy(model, tokenizer, temperature, max_new_tokens=24, seed=5, decode=decode,
+                                          reuse_cache=reuse)
+            records[decode, reuse] = [r["messages"] for r in rollout("shop", episodes, policy, batch_size=4, max_steps=4)]
+            stats[decode, reuse] = policy.stats
+        assert records["cached", True] == records["cached", False] == records["plain", False]
+        fresh, cached = stats["cached", False], stats["cached", True]
+        assert fresh["reused"] == 0 and fresh["fresh"] == cached["fresh"] + cached["reused"]
+        if trained and temperature == 0:  # the cache was carried: rows continued, far fewer tokens fed
+            assert cached["reused"] >= 6 and cached["prompt_tokens"] < fresh["prompt_tokens"] / 2
+        elif not trained:  # a random model's replies re-tokenize differently: every row starts afresh, still correct
+            assert cached["reused"] == 0
 
 
 def test_a_model_that_ignores_the_cache_is_refused_loudly():
@@ -298,21 +302,6 @@ def test_an_episode_that_outgrows_the_context_ends_alone():
     assert replies[0] is None and replies[2] is None and replies[1] is not None
     [record] = rollout("shop", [("train-0", 0)], policy, max_steps=10)
     assert record["stop"] == "context" and 0 < record["steps"] < 10 and record["reward"] == 0.0
-
-
-def test_best_of_n_takes_each_tasks_best_sample():
-    records = [{"task_id": "a", "reward": r} for r in (0.2, 1.0, 0.5)] + [{"task_id": "b", "reward": r} for r in (0.0, 0.4)]
-    assert best_of_n(records) == {"tasks": 2, "avg_reward": 70.0, "success_rate": 50.0}
-
-
-def test_distinct_successes_keep_one_per_task_and_action_sequence():
-    def rec(task_id, reward, actions):
-        return {"task_id": task_id, "reward": reward,
-                "messages": [{"role": "assistant", "content": f"Thought: {i}\nAction: {a}"} for i, a in enumerate(actions)]}
-    records = [rec("a", 1.0, ["x", "y"]), rec("a", 1.0, ["x", "y"]), rec("a", 1.0, ["x", "z"]), rec("a", 0.5, ["w"]),
-               rec("b", 1.0, ["x", "y"])]
-    kept = distinct_successes(records)
-    assert [(r["task_id"], r["messages"][-1]["content"][-1]) for r in kept] == [("a", "y"), ("a", "z"), ("b", "y")]
 
 
 def test_step_level_rollouts_replay_the_expert_prefix_then_the_agent_acts():

@@ -1,8 +1,8 @@
-"""dpo.py against TRL's DPOTrainer on the same single-turn pairs and tiny model (issue 12, bench item 5).
+"""dpo.py against TRL's DPOTrainer on the same single-turn pairs and tiny model.
 
     pip install trl datasets -c constraints.txt   # only for this benchmark; never a dependency of eto
-    python bench_trl.py                           # ~1 minute on 2 cores
-    python bench_trl.py --pairs 512 --epochs 1
+    python research/bench_trl.py                           # ~1 minute on 2 cores
+    python research/bench_trl.py --pairs 512 --epochs 1
 
 1. The first step's loss: the same policy, the same reference (another random init, so the loss is not
    just log 2), the same first batch of pairs. Ours is dpo.py's `accumulate_step` with its reference
@@ -23,12 +23,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
 import torch
 
-from common import write_jsonl
-from dpo import accumulate_step, reference_logps, tokenize_pair
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the stages live one folder up
+from common import micro_batches, write_jsonl
+from dpo import Objective, accumulate_step, reference_logps, tokenize_pair
+from plumbing.ranks import Ranks
 from envs.shop import ShopEnv
 from sft import build_tiny_model, build_tiny_tokenizer
 
@@ -87,11 +89,8 @@ def main():
     # 1. the first step's loss on the same 8 pairs
     first = pairs[:8]
     examples = [tokenize_pair(tokenizer, p) for p in first]
-    ours_args = SimpleNamespace(micro_batch_size=8, token_budget=0, device="cpu", autocast="none", average_logps=False,
-                                dpo_weight=1.0, sft_weight=0.0, beta=args.beta, loss="sigmoid", label_smoothing=0.0,
-                                dpop_lambda=5.0)
-    ours = accumulate_step(policy, examples, list(range(len(first))),
-                           reference_logps(reference, examples, "cpu", False), ours_args)["loss"]
+    ours = accumulate_step(policy, examples, list(range(len(first))), reference_logps(reference, examples, "cpu", False),
+                           Objective(beta=args.beta), Ranks(), lambda indices: micro_batches(indices, 8))["loss"]
     policy.zero_grad(set_to_none=True)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = trl_trainer(policy, reference, tokenizer, first, args, os.path.join(tmp, "trl"), precompute=False)
@@ -106,7 +105,7 @@ def main():
         policy.save_pretrained(os.path.join(tmp, "start"))
         tokenizer.save_pretrained(os.path.join(tmp, "start"))
         write_jsonl(os.path.join(tmp, "pairs.jsonl"), pairs)
-        done = subprocess.run([sys.executable, "dpo.py", "--model", os.path.join(tmp, "start"), "--pairs",
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "dpo.py"), "--model", os.path.join(tmp, "start"), "--pairs",
                                os.path.join(tmp, "pairs.jsonl"), "--out", os.path.join(tmp, "ours"), "--beta", str(args.beta),
                                "--lr", str(args.lr), "--epochs", str(args.epochs), "--batch-size", "32",
                                "--micro-batch-size", "8", "--seed", str(args.seed)],

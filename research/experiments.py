@@ -1,7 +1,7 @@
 """Experiments built on the ETO loop: baselines beside it, several seeds, a mean +- std table.
 
-    python experiments.py --run runs/report --methods sft,bon,rft,eto,self-play --seeds 0,1,2
-    python experiments.py --run runs/seeds --seeds 0,1,2           # ETO and its control over 3 seeds
+    python research/experiments.py --run runs/report --methods sft,bon,rft,eto,self-play --seeds 0,1,2
+    python research/experiments.py --run runs/seeds --seeds 0,1,2           # ETO and its control over 3 seeds
 
 Takes every flag of loop.py (the same stages, through its `run_stage`, so finished stages are reused)
 and these methods beside ETO:
@@ -20,8 +20,10 @@ import argparse
 import copy
 import json
 import os
+import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the stages live one folder up
 from common import InputError, read_jsonl, run_main, write_json, write_jsonl
 from explore import parse_action
 from loop import (add_loop_flags, dpo_flags, eto_loop, evaluate, fill_model_defaults, limit_flags, rollout_flags,

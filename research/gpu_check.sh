@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The GPU check (issue 13): run it wherever a CUDA machine is at hand and put its figures in the README
+# The GPU check: run it wherever a CUDA machine is at hand and put its figures in the README
 # with the card's name. Nothing on the CPU path depends on it. Everything it needs travels with the repo:
 # the tiny model is built on the machine, nothing is downloaded. Each part has its own time limit, so
 # a slow part leaves the others' figures; the logs go to LOGS (default: RUN).
 #
-#   bash gpu_check.sh [RUN] [LOGS]     # default RUN: runs/gpu-check; at most ~8.5 minutes by its limits
+#   bash research/gpu_check.sh [RUN] [LOGS]     # default RUN: runs/gpu-check; at most ~8.5 minutes by its limits
 #   (on an H100 the loop was still in DPO at 275 s: give part 1 more time where the device allows)
 set -uo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/.."  # the repo root
 RUN=${1:-runs/gpu-check}
 LOGS=${2:-$RUN}
 mkdir -p "$RUN" "$LOGS"
@@ -19,7 +19,7 @@ timeout 330 /usr/bin/time -f "loop wall: %e s" python loop.py --run "$RUN" --aut
 echo "loop exit $?" >> "$LOGS/loop.log"
 grep -v "it/s\]\|s/it\]" "$LOGS/loop.log" | tail -30
 # 2. where the time goes there (the model on the GPU; every figure side by side)
-timeout 170 python bench.py --run "$RUN" --device cuda > "$LOGS/bench.log" 2>&1
+timeout 170 python research/bench.py --run "$RUN" --device cuda > "$LOGS/bench.log" 2>&1
 echo "bench exit $?" >> "$LOGS/bench.log"
 grep "^|\|exit\|torch" "$LOGS/bench.log"
 # 3. several processes, where there are several GPUs: DDP SFT and DPO, one GPU a rank

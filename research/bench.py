@@ -1,8 +1,8 @@
 """Where the loop's time goes: one table, every figure measured side by side in the same run.
 
     python loop.py                                  # first: a finished run to measure with
-    python bench.py --run runs/default              # a few minutes on 2 cores
-    python bench.py --run runs/default --only rollout,loop
+    python research/bench.py --run runs/default              # a few minutes on 2 cores
+    python research/bench.py --run runs/default --only rollout,loop
 
 Sections (--only picks some):
   matmul   the machine's fp32 and bf16 matmul peak (GFLOP/s), the yardstick for the rest
@@ -21,14 +21,18 @@ import json
 import os
 import random
 import statistics
+import sys
 import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the stages live one folder up
 import envs
-from common import InputError, autocast, end_of_turn_token, make_generate_policy, run_main, load_model, pad_batch, read_jsonl, sequence_logps, tokenize_conversation
-from dpo import accumulate_step, build_parser as dpo_parser, reference_logps, tokenize_pair
-from explore import rollout
+from common import (InputError, autocast, end_of_turn_token, load_model, micro_batches, pad_batch, read_jsonl, run_main,
+                    sequence_logps, tokenize_conversation)
+from dpo import Objective, accumulate_step, reference_logps, tokenize_pair
+from explore import make_generate_policy, rollout
+from plumbing.ranks import Ranks
 from sft import length_batches, masked_nll
 
 SECTIONS = ("matmul", "sft", "dpo", "rollout", "loop")
@@ -101,8 +105,10 @@ def bench_sft(model, tokenizer, expert, rows, batch_size=16, n_batches=2):
 def bench_dpo(model, tokenizer, pairs_path, rows, n_pairs=16):
     pairs = read_jsonl(pairs_path, ("prompt", "chosen", "rejected"))[:n_pairs]
     examples = [tokenize_pair(tokenizer, p) for p in pairs]
-    args = dpo_parser().parse_args(["--model", "m", "--pairs", "p", "--out", "o", "--beta", "1", "--sft-weight", "1",
-                                    "--micro-batch-size", "8", "--device", DEVICE])
+    objective = Objective(beta=1.0, sft_weight=1.0)  # the loop's default for the tiny model
+
+    def split(indices):  # dpo.py's passes at --micro-batch-size 8
+        return micro_batches(indices, 8)
     model.eval()
     reference = reference_logps(model, examples, DEVICE, False)
     indices = list(range(len(examples)))
@@ -113,7 +119,7 @@ def bench_dpo(model, tokenizer, pairs_path, rows, n_pairs=16):
     rows.append(("dpo", "padding waste, concatenated", f"{padding_waste(two):.1%}"))
 
     def precomputed():
-        accumulate_step(model, examples, indices, reference, args)
+        accumulate_step(model, examples, indices, reference, objective, Ranks(device=DEVICE), split)
         model.zero_grad(set_to_none=True)
 
     def online():

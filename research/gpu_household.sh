@@ -7,10 +7,10 @@
 # requirements-household.txt). Small outputs (results, logs, evaluation trajectories) are packed into
 # LOGS/household-small.tgz every 30 s and at the end, so a cut run still leaves its figures.
 #
-#   bash gpu_household.sh [RUN] [LOGS] [SECONDS]      # default runs/gpu-household, RUN, 500 s
-#   LIMITS="--train-limit 16 --eval-limit 8 --sft-epochs 1" SHARDS=2 bash gpu_household.sh /tmp/x   # a dry run
+#   bash research/gpu_household.sh [RUN] [LOGS] [SECONDS]      # default runs/gpu-household, RUN, 500 s
+#   LIMITS="--train-limit 16 --eval-limit 8 --sft-epochs 1" SHARDS=2 bash research/gpu_household.sh /tmp/x   # a dry run
 set -uo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/.."  # the repo root
 RUN=${1:-runs/gpu-household}
 LOGS=${2:-$RUN}
 SECONDS_FOR_RUNS=${3:-500}

@@ -1,9 +1,9 @@
-"""The search for ETO's effect (issue 16): levers, each on dev beside its own control, over seeds.
+"""The search for ETO's effect: levers, each on dev beside its own control, over seeds.
 
-    python levers.py --run runs/levers --seeds 0,1                     # every lever
-    python levers.py --run runs/levers --seeds 0,1 --levers eto,dpop   # some of them
-    python levers.py --run runs/wide --sft-args "--tiny-hidden 384 --tiny-layers 6 --lr 1e-3"   # a wider model
-    python levers.py --run runs/levers --seeds 0,1 --levers eto --iterations 3   # iterations 2-3 go on from 1's
+    python research/levers.py --run runs/levers --seeds 0,1                     # every lever
+    python research/levers.py --run runs/levers --seeds 0,1 --levers eto,dpop   # some of them
+    python research/levers.py --run runs/wide --sft-args "--tiny-hidden 384 --tiny-layers 6 --lr 1e-3"   # a wider model
+    python research/levers.py --run runs/levers --seeds 0,1 --levers eto --iterations 3   # iterations 2-3 go on from 1's
 
 Per seed, in RUN/seedS, the loop's own stages and paths: expert data, SFT, greedy exploration of the
 train tasks (iter1/explore.jsonl), so a finished `loop.py --seed S` run folder copied to RUN/seedS is
@@ -25,8 +25,10 @@ import json
 import os
 import shlex
 import statistics
+import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the stages live one folder up
 from common import InputError, read_jsonl, run_main, write_json, write_jsonl
 from loop import TINY_DEFAULTS, limit_flags, run_stage
 from report import behaviour, item_pair_counts

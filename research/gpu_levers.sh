@@ -7,11 +7,11 @@
 # summaries, logs) are packed into LOGS/levers-small.tgz every 30 s and at the end, so a cut run still
 # leaves its figures.
 #
-#   bash gpu_levers.sh [RUN] [LOGS] [SECONDS]      # default runs/gpu-levers, RUN, 520 s for the runs
-#   LIMITS="--train-limit 20 --dev-limit 8 --sft-epochs 1" bash gpu_levers.sh /tmp/x    # a dry run
-#   TINY_LEVERS=trajectory-dpop bash gpu_levers.sh     # other levers (levers.py's names) for either model
+#   bash research/gpu_levers.sh [RUN] [LOGS] [SECONDS]      # default runs/gpu-levers, RUN, 520 s for the runs
+#   LIMITS="--train-limit 20 --dev-limit 8 --sft-epochs 1" bash research/gpu_levers.sh /tmp/x    # a dry run
+#   TINY_LEVERS=trajectory-dpop bash research/gpu_levers.sh     # other levers (levers.py's names) for either model
 set -uo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/.."  # the repo root
 RUN=${1:-runs/gpu-levers}
 LOGS=${2:-$RUN}
 SECONDS_FOR_RUNS=${3:-520}
@@ -37,7 +37,7 @@ one_run() {  # name seed levers levers.py flags...
   local name=$1 seed=$2 levers=$3; shift 3
   mkdir -p "$RUN/$name/seed$seed"
   cp "$RUN/expert.jsonl" "$RUN/expert.jsonl.args.json" "$RUN/$name/seed$seed/"
-  timeout "$SECONDS_FOR_RUNS" python levers.py --run "$RUN/$name" --env $ENV --seeds "$seed" --levers "$levers" $LIMITS "$@" \
+  timeout "$SECONDS_FOR_RUNS" python research/levers.py --run "$RUN/$name" --env $ENV --seeds "$seed" --levers "$levers" $LIMITS "$@" \
       > "$RUN/$name/run.log" 2>&1
   echo "$name exit $?" >> "$RUN/$name/run.log"
 }

@@ -1,11 +1,11 @@
-"""levers.py: its table from hand-made rows, its refusals, and (slow) a tiny end-to-end run."""
+"""research/levers.py: its table from hand-made rows, its refusals, and (slow) a tiny end-to-end run."""
 import json
 import subprocess
 import sys
 
 import pytest
 
-from levers import levers_table
+from research.levers import levers_table
 from tests.conftest import ROOT
 
 
@@ -31,7 +31,7 @@ def test_levers_table_puts_each_lever_beside_its_control():
 
 
 def test_an_unknown_lever_is_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "levers.py", "--run", str(tmp_path / "r"), "--levers", "eto,magic"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "research/levers.py", "--run", str(tmp_path / "r"), "--levers", "eto,magic"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "unknown lever 'magic'; valid levers: eto," in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "r").exists()
@@ -40,7 +40,7 @@ def test_an_unknown_lever_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_levers_run_end_to_end_and_share_a_control(tmp_path):
     run = tmp_path / "run"
-    command = [sys.executable, "levers.py", "--run", str(run), "--seeds", "0", "--levers", "eto,dpop", "--train-limit", "6",
+    command = [sys.executable, "research/levers.py", "--run", str(run), "--seeds", "0", "--levers", "eto,dpop", "--train-limit", "6",
                "--dev-limit", "2", "--sft-epochs", "1"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -55,7 +55,7 @@ def test_levers_run_end_to_end_and_share_a_control(tmp_path):
 @pytest.mark.slow
 def test_a_second_iteration_goes_on_from_each_model_of_the_first(tmp_path):
     run = tmp_path / "run"
-    command = [sys.executable, "levers.py", "--run", str(run), "--seeds", "0", "--levers", "eto", "--iterations", "2",
+    command = [sys.executable, "research/levers.py", "--run", str(run), "--seeds", "0", "--levers", "eto", "--iterations", "2",
                "--train-limit", "6", "--dev-limit", "2", "--sft-epochs", "1"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -76,14 +76,14 @@ def test_a_second_iteration_goes_on_from_each_model_of_the_first(tmp_path):
 
 
 def test_iterations_below_one_are_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "levers.py", "--run", str(tmp_path / "r"), "--iterations", "0"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "research/levers.py", "--run", str(tmp_path / "r"), "--iterations", "0"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--iterations must be at least 1, got 0" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "r").exists()
 
 
 def test_unbalanced_sft_args_are_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "levers.py", "--run", str(tmp_path / "r"), "--sft-args", "--lr '1e-3"],
+    done = subprocess.run([sys.executable, "research/levers.py", "--run", str(tmp_path / "r"), "--sft-args", "--lr '1e-3"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--sft-args \"--lr '1e-3\": No closing quotation" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "r").exists()
