@@ -13,7 +13,7 @@ Sections (--only picks some):
   rollout  episodes/s and generated tokens/s of greedy test_unseen rollouts at batch 1 and the default
            batch, against what the model's forward alone would allow
   loop     the stage times of RUN, read from each stage's summary (`seconds`)
-Timings are wall-clock seconds on this machine (torch threads: as torch sets them); figures are
+Timings are wall-clock seconds on the machine it runs on (torch threads: as torch sets them); figures are
 medians of a few repeats where a repeat is cheap.
 """
 import argparse

@@ -30,7 +30,6 @@ def test_a_task_replays_identically_and_a_bad_action_costs_a_step(env):
     assert first.startswith("Your task is to pick up objects") and first == env.reset(task_id)
     observation, reward, done = env.step("fly to the moon")
     assert observation.startswith("Invalid action: Unknown action") and reward == 0.0 and not done
-    assert env.max_steps == MAX_STEPS == 40
     with pytest.raises(KeyError, match="unknown household task id 'kitchen-3'"):
         env.reset("kitchen-3")
 
@@ -54,3 +53,12 @@ def test_household_valid_lists_each_observations_valid_actions_and_the_expert_pi
             assert listed == sorted(listed) and reply["content"].split("Action: ")[1] in listed
     with pytest.raises(ValueError, match="unknown household option 'rooms=2'; valid: valid"):
         envs.make("household:rooms=2")
+
+
+def test_an_agent_that_never_acts_validly_stops_at_the_step_limit(env):
+    task_id = env.task_ids("test_seen")[0]
+    policy = lambda conversations, task_ids: [("Thought: up\nAction: fly to the moon", True)] * len(conversations)  # noqa: E731
+    [record] = rollout("household", [(task_id, 0)], policy, max_invalid=0)
+    assert record["stop"] == "max_steps" and record["steps"] == MAX_STEPS and record["invalid_actions"] == MAX_STEPS
+    assert record["reward"] == 0.0
+

@@ -79,7 +79,6 @@ def masked_runs(ids, mask):
 @pytest.mark.parametrize("name", TOKENIZERS)
 def test_mask_covers_exactly_the_assistant_turns(name):
     tokenizer = TOKENIZERS[name]()
-    assert tokenizer.pad_token_id == tokenizer.eos_token_id or name == "tiny"
     eot = {"tiny": "<|im_end|>", "chatml pad==eos": "<|im_end|>", "llama3 pad==eos": "<|eot_id|>",
            "llama2 pad==eos": "</s>"}[name]
     for messages in CONVERSATIONS[:4]:

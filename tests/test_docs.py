@@ -1,0 +1,58 @@
+"""The README and the flags: the stage-by-stage block is what `loop.py` runs, every --help shows every
+flag with a help line and its default, and the docs speak of the software, not of its making."""
+import argparse
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def test_the_readmes_stage_commands_are_the_ones_loop_py_runs():
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    block = readme.split("<!-- loop-commands -->\n")[1].split("<!-- /loop-commands -->")[0]
+    documented = [line.strip() for line in block.splitlines() if line.strip()]
+    done = subprocess.run([sys.executable, "loop.py", "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    printed = [line[2:] for line in done.stdout.splitlines() if line.startswith("$ ")]
+    assert documented == printed
+
+
+def parsers():
+    import dpo
+    import explore
+    import loop
+    import pairs
+    import sft
+    return {"sft.py": sft.build_parser(), "dpo.py": dpo.build_parser(), "explore.py": explore.build_parser(),
+            "pairs.py": pairs.build_parser(), "loop.py": loop.build_parser()}
+
+
+@pytest.mark.parametrize("script", ["sft.py", "dpo.py", "explore.py", "pairs.py", "loop.py"])
+def test_every_flag_has_a_help_line_and_help_shows_the_defaults(script):
+    parser = parsers()[script]
+    flags = [action for action in parser._actions if action.option_strings and action.dest != "help"]
+    assert [action.dest for action in flags if not action.help] == []
+    text = parser.format_help()
+    for action in flags:
+        shows_default = action.nargs != 0 and not action.required  # an on/off switch or a required flag has none
+        if shows_default:
+            assert f"(default: {action.default})" in " ".join(text.split()), action.dest
+
+
+HISTORY = [r"\bsessions?\b", r"\bissue \d+", r"\blever \d", r"\bprobe\b", r"\.\./shared", r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b",
+           r"\b20\d\d-\d\d-\d\d\b", r"\bthis machine\b", r"\blent\b"]
+
+
+@pytest.mark.parametrize("path", ["README.md", "docs/*.md", "research/README.md", "*.py", "plumbing/*.py",
+                                  "research/*.py", "envs/*.py"])
+def test_the_docs_and_docstrings_speak_of_the_software_not_its_history(path):
+    for name in glob.glob(os.path.join(ROOT, path)):
+        text = open(name, encoding="utf-8").read()
+        for pattern in HISTORY:
+            found = re.search(pattern, text)
+            assert found is None, f"{os.path.relpath(name, ROOT)}: {found.group(0)!r}"
