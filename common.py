@@ -52,7 +52,7 @@ def add_system_flags(parser):
     group.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
     group.add_argument("--autocast", default="none", choices=("none", "bf16"),
                        help="bf16: matmuls in bf16 under torch.autocast, weights and optimizer state in fp32; faster "
-                            "on GPUs and CPUs with AVX-512 BF16, ~20x slower on AVX2-only CPUs (bench.py tells)")
+                            "on GPUs and CPUs with AVX-512 BF16, ~20x slower on AVX2-only CPUs (research/bench.py tells)")
     group.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
 
 

@@ -17,7 +17,7 @@ stage writes its outputs by rename, so a killed stage leaves nothing that looks 
 looks at the files, not the flags: for new settings, use a new --run folder. Results go to
 RUN/results.jsonl (one line per model and split), the table is printed at the end, and report.py
 writes RUN/report.html: what each model does and what the pairs moved. Baselines,
-seeds, tables and the plot are experiments built on this loop: see experiments.py.
+seeds, tables and the plot are experiments built on this loop: see research/experiments.py.
 """
 import argparse
 import json
@@ -40,7 +40,7 @@ class Launch:
     """How stages are launched, set once from the flags."""
     procs = 1        # --procs: the torch stages run under torchrun with this many processes
     dry_run = False  # --dry-run: print every command, run none
-# DPO settings by model: the tiny model's were chosen on the shop env's dev split (README); a loaded
+# DPO settings by model: the tiny model's were chosen on the shop env's dev split (docs/results.md); a loaded
 # (pretrained chat) model gets the paper's. SFT's lr and epochs default inside sft.py the same way.
 TINY_DEFAULTS = {"pair_level": "divergence", "dpo_lr": 1e-4, "beta": 1.0, "dpo_epochs": 2, "sft_weight": 1.0}
 PAPER_DEFAULTS = {"pair_level": "trajectory", "dpo_lr": 1e-6, "beta": 0.1, "dpo_epochs": 3, "sft_weight": 0.0}

@@ -1,7 +1,7 @@
 """What a run learned, on one page: RUN/report.html, static and self-contained (opens from disk).
 
-    python report.py --run runs/default        # loop.py and experiments.py write it at their end
-    python report.py --run runs/seeds          # an experiments.py --seeds run: mean +- std, seed 0's models
+    python report.py --run runs/default        # loop.py and research/experiments.py write it at their end
+    python report.py --run runs/seeds          # a research/experiments.py --seeds run: mean +- std, seed 0's models
 
 Everything on the page comes from the run's own files: the results table (mean +- std over seeds) and
 its plot (also written as RUN/results.png); per model, what it does on each test split (the action at

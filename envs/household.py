@@ -22,7 +22,7 @@ takes knowing where things go, which a model learns from the train tasks.
 - Observations: the first is the task and the room's description; each step's reply is short. Valid
   actions are not listed by default, as the authors' ALFWorld prompt does not list them; the option
   `household:valid` ends every observation with "Valid actions: ..." (the env's list, sorted), which
-  about doubles an expert trajectory's tokens (the README has both measured).
+  about doubles an expert trajectory's tokens (docs/environments.md has both measured).
 - Expert: TextWorldExpress's gold path (its first action, `look around`, is the first observation
   already), written as ReAct turns with thoughts templated from each action (not written by a model).
   Every gold path reaches a full score (tests check a sample of every split).
