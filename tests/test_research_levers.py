@@ -48,7 +48,7 @@ def test_levers_run_end_to_end_and_share_a_control(tmp_path):
     assert [(r["lever"], r["model"]) for r in rows] == [("-", "sft"), ("eto", "eto"), ("eto", "control"),
                                                         ("dpop", "eto"), ("dpop", "control")]
     assert rows[2] == {**rows[4], "lever": "eto"}  # one control for the two levers on the same pairs
-    assert done.stdout.count("$ dpo.py") == 3 and "--loss dpop" in done.stdout
+    assert done.stdout.count("$ python dpo.py") == 3 and "--loss dpop" in done.stdout
     assert (run / "levers.md").read_text().startswith("dev, 2 tasks, seeds 0")
 
 
@@ -66,7 +66,7 @@ def test_a_second_iteration_goes_on_from_each_model_of_the_first(tmp_path):
     # iteration 2: ETO from ETO 1 (which also explores), the control from control 1, on ETO 1's pairs
     iter2 = run / "seed0" / "iter2"
     explore_2 = next(line for line in done.stdout.splitlines()
-                     if line.startswith("$ explore.py") and "explore-eto" in line)
+                     if line.startswith("$ python explore.py") and "explore-eto" in line)
     assert f"--model {levers / 'eto'} " in explore_2 and explore_2.endswith(str(iter2 / "explore-eto.jsonl"))
     assert f"dpo.py --model {levers / 'eto'} --pairs {iter2 / 'pairs-eto.jsonl'}" in done.stdout
     assert f"dpo.py --model {levers / 'control-greedy-divergence'} --pairs {iter2 / 'pairs-eto.jsonl'}" in done.stdout
