@@ -56,6 +56,18 @@ def add_system_flags(parser):
     group.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
 
 
+def add_memory_flags(parser, unit, micro_batch_size, token_budget_default):
+    """The flags that decide how a training step is computed, not what it computes (sft.py, dpo.py)."""
+    group = parser.add_argument_group("memory and processes (the gradient is the same however a step is split)")
+    group.add_argument("--micro-batch-size", type=int, default=micro_batch_size, help=f"{unit} per forward pass, at most")
+    group.add_argument("--token-budget", type=int, default=None, help="padded tokens per forward pass, at most (0: no "
+                       f"limit); None: {token_budget_default}")
+    group.add_argument("--gradient-checkpointing", action="store_true",
+                       help="recompute activations in backward: less memory for a large model, ~1/3 more time")
+    group.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and optimizer "
+                       "state over the ranks (fully_shard) instead of a copy each (DDP)")
+
+
 def autocast(device, kind):
     """The matmuls of a forward pass in bf16 (`--autocast bf16`), or as they are (`none`)."""
     if kind == "none":
@@ -152,6 +164,17 @@ def save_model_atomically(model, tokenizer, out, args_record, state_dict=None):
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def save_trained(ranks, model, tokenizer, out, args, history, summary):
+    """The end of sft.py and dpo.py: rank 0 writes the model folder (its args.json holds the flags, the
+    history and the summary) and prints the summary line. Every rank calls it: under --fsdp each sends
+    its shards."""
+    state = ranks.state_dict(model)
+    if ranks.main:
+        save_model_atomically(model, tokenizer, out, {"args": vars(args), "history": history, "summary": summary},
+                              state_dict=state)
+        print(json.dumps(summary))
 
 
 def stop_if_diverged(loss, model, tokenizer, out, args_record, where, save=True):
@@ -287,6 +310,29 @@ def micro_batches(items, size, token_budget=None, length=len):
             current = []
         current.append(item)
     return passes + [current] if current else passes
+
+
+def check_batch_sizes(batch_size, micro_batch_size):
+    """--batch-size and --micro-batch-size (sft.py, dpo.py): one line for values that cannot split a step."""
+    if micro_batch_size < 1:
+        raise InputError(f"--micro-batch-size must be at least 1, got {micro_batch_size}")
+    if batch_size % micro_batch_size:
+        raise InputError("--batch-size must be a multiple of --micro-batch-size")
+
+
+def cut_to_length(examples, max_length):
+    """Tokenized examples, each a tuple (ids, mask[, ids, mask]), cut to max_length tokens: the start is
+    kept (the task and first turns). One whose mask is left with no trainable token teaches nothing and
+    is skipped, counted, never trained on silently. Returns (kept, skipped, truncated)."""
+    kept, skipped, truncated = [], 0, 0
+    for example in examples:
+        truncated += any(len(ids) > max_length for ids in example[0::2])
+        example = tuple(part[:max_length] for part in example)
+        if any(sum(mask) == 0 for mask in example[1::2]):
+            skipped += 1
+            continue
+        kept.append(example)
+    return kept, skipped, truncated
 
 
 def pad_batch(sequences, pad_value):

@@ -7,18 +7,14 @@
     python dpo.py --model runs/demo/sft --pairs runs/demo/iter1/pairs.jsonl --out runs/demo/control \
         --dpo-weight 0 --sft-weight 1     # the control: same chosen data and steps, no preference signal
     torchrun --nproc-per-node 2 dpo.py --model runs/demo/sft --pairs runs/demo/iter1/pairs.jsonl \
-        --out runs/demo/iter1/model       # each rank a share of every step (DDP): the 1-process gradient
-                                          # (--fsdp: each rank holds 1/N of the weights, fully_shard)
+        --out runs/demo/iter1/model       # each rank a share of every step: the 1-process gradient
 
 A trajectory's log-prob is the SUM of log p over the agent's tokens of the whole multi-turn
-continuation (observations inside it are masked, with common.py's `tokenize_conversation`); the
-reference policy is the starting checkpoint, frozen, and its log-probs are computed once before
-training, so no second model sits in memory. Dropout is off throughout (as in the DPO reference code):
-the reference and the policy then score a pair alike, and the first step's loss is exactly log 2.
-The output is a `save_pretrained` folder with args.json.
+continuation (observations masked out). The reference is the starting policy, frozen: its log-probs
+are computed once before training, so no second model sits in memory. Dropout is off throughout (as in
+the DPO reference code), so the first step's loss is exactly log 2. Output: a save_pretrained folder.
 """
 import argparse
-import json
 import math
 import random
 import sys
@@ -29,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (HelpFormatter, InputError, add_system_flags, autocast, check_messages, checkpoint_activations,
-                    load_model, micro_batches, read_jsonl, run_main, save_model_atomically, sequence_logps, set_seed,
-                    stop_if_diverged, tokenize_conversation)
+from common import (HelpFormatter, InputError, add_memory_flags, add_system_flags, autocast, check_batch_sizes,
+                    checkpoint_activations, cut_to_length, load_model, micro_batches, read_jsonl, run_main,
+                    save_trained, sequence_logps, set_seed, stop_if_diverged, tokenize_conversation)
+from pairs import check_pair, tokenize_pair
 from plumbing.ranks import Ranks
 
 
@@ -72,22 +69,6 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
     chosen_rewards = beta * chosen_logratios.detach()
     rejected_rewards = beta * rejected_logratios.detach()
     return losses, chosen_rewards, rejected_rewards
-
-
-def tokenize_pair(tokenizer, pair):
-    """(chosen ids, chosen mask, rejected ids, rejected mask): prompt + continuation, agent turns masked in."""
-    # only the continuations are scored: assistant turns inside the prompt are context
-    chosen = tokenize_conversation(tokenizer, pair["prompt"] + pair["chosen"], train_from=len(pair["prompt"]))
-    rejected = tokenize_conversation(tokenizer, pair["prompt"] + pair["rejected"], train_from=len(pair["prompt"]))
-    return chosen + rejected
-
-
-def check_pair(pair, where):
-    check_messages(pair["prompt"], f"{where}: prompt")
-    for side in ("chosen", "rejected"):  # a continuation follows its prompt and ends on the agent's turn
-        check_messages(pair[side], f"{where}: {side}", after=pair["prompt"][-1]["role"])
-        if pair[side][-1]["role"] != "assistant":
-            raise InputError(f"{where}: {side} must end with an assistant turn")
 
 
 @torch.no_grad()
@@ -187,24 +168,14 @@ def build_parser():
     beyond.add_argument("--replay", help="expert trajectories JSONL: each step also trains NLL on a batch of them "
                                          "(cycled), so the expert's whole distribution is kept, not only the chosen turns")
     beyond.add_argument("--replay-weight", type=float, default=1.0, help="scale of the replay NLL (per token)")
-    memory = parser.add_argument_group("memory and processes (the gradient is the same however a step is split)")
-    memory.add_argument("--micro-batch-size", type=int, default=8, help="pairs per forward pass, at most")
-    memory.add_argument("--token-budget", type=int, default=None, help="padded tokens per forward pass, both sides, at "
-                                                                       "most (0: no limit); None: 0 under 50M parameters, else 4096")
-    memory.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward: "
-                                                                              "less memory for a large model, ~1/3 more time")
-    memory.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and optimizer "
-                                                            "state over the ranks (fully_shard) instead of a copy each (DDP)")
+    add_memory_flags(parser, "pairs (both sides)", micro_batch_size=8, token_budget_default="0 under 50M parameters, else 4096")
     add_system_flags(parser)
     return parser
 
 
 def main():
     args = build_parser().parse_args()
-    if args.micro_batch_size < 1:
-        raise InputError(f"--micro-batch-size must be at least 1, got {args.micro_batch_size}")
-    if args.batch_size % args.micro_batch_size:
-        raise InputError("--batch-size must be a multiple of --micro-batch-size")
+    check_batch_sizes(args.batch_size, args.micro_batch_size)
     if args.label_smoothing and args.loss != "sigmoid":
         raise InputError(f"--label-smoothing is conservative DPO's (sigmoid); --loss {args.loss} has none")
 
@@ -213,33 +184,24 @@ def main():
     args.device = ranks.device
     set_seed(args.seed)
     pairs = read_jsonl(args.pairs, ("prompt", "chosen", "rejected"), check_pair)  # before loading any model
+    replay_records = read_jsonl(args.replay, ("messages",)) if args.replay else []
+    if replay_records and ranks.world > 1:
+        raise InputError("--replay runs in one process (not under torchrun)")
     model, tokenizer = load_model(args.model, args.device, args.dtype)
     model.eval()  # dropout off, for the reference pass and every training pass alike
     if args.token_budget is None:  # recorded in args.json as used
         args.token_budget = 0 if sum(p.numel() for p in model.parameters()) < 50e6 else 4096
 
-    examples, skipped, truncated = [], 0, 0
-    for pair in tqdm(pairs, desc="tokenize", leave=False):
-        example = tokenize_pair(tokenizer, pair)
-        truncated += max(len(example[0]), len(example[2])) > args.max_length
-        example = tuple(part[:args.max_length] for part in example)  # keep the start: the task and first turns
-        if sum(example[1]) == 0 or sum(example[3]) == 0:  # a side with no trainable token teaches nothing
-            skipped += 1
-            continue
-        examples.append(example)
+    examples, skipped, truncated = cut_to_length(  # a pair skipped if either side keeps no trainable token
+        [tokenize_pair(tokenizer, pair) for pair in tqdm(pairs, desc="tokenize", leave=False)], args.max_length)
     if not examples:
         raise InputError(f"{args.pairs}: no pair keeps a trainable token on both sides at --max-length {args.max_length}")
-    replayed = []
-    if args.replay:  # whole expert trajectories, tokenized as sft.py does
-        if ranks.world > 1:
-            raise InputError("--replay runs in one process (not under torchrun)")
-        replayed = [tokenize_conversation(tokenizer, r["messages"], args.max_length)
-                    for r in read_jsonl(args.replay, ("messages",))]
-        replayed = [(ids, mask) for ids, mask in replayed if sum(mask[1:])]  # no agent token: nothing to replay
-        if not replayed:
-            raise InputError(f"{args.replay}: no trajectory keeps an agent token to replay at --max-length {args.max_length}")
-        replay_order = list(range(len(replayed)))
-        random.Random(args.seed + 1).shuffle(replay_order)
+    replayed = [tokenize_conversation(tokenizer, r["messages"], args.max_length) for r in replay_records]
+    replayed = [(ids, mask) for ids, mask in replayed if sum(mask[1:])]  # whole expert trajectories, as sft.py
+    if args.replay and not replayed:
+        raise InputError(f"{args.replay}: no trajectory keeps an agent token to replay at --max-length {args.max_length}")
+    replay_order = list(range(len(replayed)))
+    random.Random(args.seed + 1).shuffle(replay_order)  # replayed in this order, cycled
     reference = reference_logps(model, examples, args.device, args.average_logps, precision=args.autocast)
     if args.gradient_checkpointing:
         checkpoint_activations(model, dropout=False)  # train mode (which checkpointing needs), dropout still off
@@ -291,12 +253,7 @@ def main():
     summary = {"stage": "dpo", "out": args.out, "pairs": len(examples), "skipped": skipped, "truncated": truncated,
                "steps": len(history), **{k: round(sum(h[k] for h in last) / len(last), 4) for k in history[-1] if k != "epoch"},
                "seconds": round(time.time() - started, 1)}
-    state = ranks.state_dict(model)  # under --fsdp every rank sends its shards
-    if ranks.main:
-        save_model_atomically(model, tokenizer, args.out, {"args": vars(args), "history": history, "summary": summary},
-                              state_dict=state)
-        print(json.dumps(summary))
-
+    save_trained(ranks, model, tokenizer, args.out, args, history, summary)
 
 if __name__ == "__main__":
     run_main(main)

@@ -11,21 +11,16 @@
                                                      # each rank every 2nd episode; greedy: the same records
 
 `--expert` plays the env's expert; `--model PATH` lets the agent act, greedily unless `--temperature`
-is above 0. Each turn, one batched decode advances every unfinished episode of a batch, stopping at the
-end-of-turn token. `plain_decode` below is that decode as plainly as it can be written: every step feeds
-each whole conversation and appends one token. The default, `--decode cached`, gives the same tokens
-(tested) 2-3x faster: plumbing/kv_decode.py keeps each episode's KV cache from token to token and turn
-to turn, so only new tokens are fed. The action is what follows `Action:`; a reply with none gets an
-invalid-format observation and still costs a step. pairs.py builds pairs from the output (step 3).
+is above 0. Each turn one batched decode advances every unfinished episode, up to its end-of-turn token:
+`plain_decode` below feeds each whole conversation for every token; the default `--decode cached` gives
+the same tokens 2-3x faster (plumbing/decode.py). The action is what follows `Action:`; a reply with none
+gets an invalid-format observation and still costs a step. pairs.py builds pairs from the output.
 
-Output: a JSON line per trajectory: task_id, env, split, sample, messages (observations are user turns
-"Observation: ..."), reward, success, steps, invalid_actions, stop (done, max_steps, invalid, context),
-temperature, top_p, seed; forced_turns with --teacher-force, in_context with --in-context. The last
-line printed is a JSON summary (n, avg_reward x100, success_rate x100, ...); OUT.args.json records it.
+Output: a JSON line per trajectory (task_id, sample, messages, reward, success, steps, invalid_actions,
+stop, temperature, seed, ...). The last line printed is a JSON summary; OUT.args.json records it.
 """
 import argparse
 import json
-import random
 import re
 import time
 
@@ -33,9 +28,10 @@ import torch
 from tqdm import tqdm
 
 import envs
-from common import (HelpFormatter, InputError, add_system_flags, check_trajectory, end_of_turn_token, load_model,
-                    read_jsonl, run_main, set_seed, write_json, write_jsonl)
-from plumbing.kv_decode import KVCacheDecoder
+from common import (HelpFormatter, InputError, add_system_flags, check_trajectory, load_model, read_jsonl, run_main,
+                    set_seed, write_json, write_jsonl)
+from envs.expert import make_expert_policy, make_forcing_policy, make_in_context_policy, step_prefixes
+from plumbing.decode import ChatPolicy, KVCacheDecoder, next_tokens, stop_ids
 from plumbing.ranks import Ranks
 
 INVALID_FORMAT = (f"{envs.INVALID}: no 'Action:' found. Reply as 'Thought: ...' on one line and "
@@ -49,22 +45,6 @@ def parse_action(reply):
 
 
 # ---- the model's side of a rollout: a reply per conversation, decoded token by token -----------------
-def next_tokens(logits, temperature=0.0, top_p=1.0):
-    """The next token of each row: argmax, or a sample drawn as transformers' `generate` draws it:
-    temperature, the 50 likeliest tokens (its default top-k), then top-p (tested token for token)."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    kth_best = logits.topk(min(50, logits.shape[-1]), -1).values[:, -1:]
-    logits = logits.masked_fill(logits < kth_best, float("-inf"))
-    if top_p < 1:  # drop the least likely tokens whose total probability is at most 1 - top_p
-        ascending, order = logits.sort(-1)
-        drop = ascending.softmax(-1).cumsum(-1) <= 1 - top_p
-        drop[:, -1] = False
-        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1).squeeze(1)
-
-
 @torch.no_grad()
 def plain_decode(model, prompts, pick, max_new_tokens, stop_ids, pad_id):
     """New token ids for each prompt (a list of token ids), up to and with its end-of-turn token: every
@@ -89,84 +69,16 @@ def plain_decode(model, prompts, pick, max_new_tokens, stop_ids, pad_id):
 def make_generate_policy(model, tokenizer, temperature=0.0, top_p=1.0, max_new_tokens=64, seed=0, decode="cached",
                          reuse_cache=True):
     """A policy: (conversations, task ids) -> one (reply, finished) per conversation, from one batched
-    decode; None for a conversation that no longer fits the model's context. `decode`: "plain" feeds each
-    conversation whole for every token (plain_decode); "cached" (the default) gives the same tokens 2-3x
-    faster by keeping a KV cache from token to token and turn to turn (plumbing/kv_decode.py)."""
-    stop_ids = sorted({tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)), tokenizer.eos_token_id})
-    context = getattr(model.config, "max_position_embeddings", None) or 10 ** 9
+    decode; None for a conversation that no longer fits the model's context. Greedy at temperature 0,
+    else sampled as transformers' `generate` samples. `decode`: "plain" is plain_decode; "cached" (the
+    default) gives the same tokens 2-3x faster with a KV cache kept across tokens and turns."""
+    stops, pad = stop_ids(tokenizer), tokenizer.pad_token_id
     pick = lambda logits: next_tokens(logits, temperature, top_p)  # noqa: E731
-    cached = KVCacheDecoder(model, tokenizer.pad_token_id, stop_ids, pick, max_new_tokens, reuse_cache)
-    calls = 0  # calls so far: each call's sampling seed derives from (seed, call)
-
-    def policy(conversations, task_ids=None):
-        nonlocal calls
-        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-        all_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-        fits = [len(ids) + max_new_tokens <= context for ids in all_ids]
-        prompts = [ids for ids, ok in zip(all_ids, fits) if ok]
-        if not prompts:
-            return [None] * len(conversations)
-        torch.manual_seed(seed * 100003 + calls)  # a sampled run replays exactly from its seed
-        calls += 1
-        model.eval()
-        if decode == "plain":
-            replies = plain_decode(model, prompts, pick, max_new_tokens, stop_ids, tokenizer.pad_token_id)
-        else:
-            replies = cached(prompts)
-        answers, out = iter(replies), []
-        for ok in fits:
-            if not ok:
-                out.append(None)
-                continue
-            tokens = next(answers)
-            reply = tokenizer.decode(tokens, skip_special_tokens=True).split("\nObservation:")[0].strip()
-            out.append((reply, any(t in stop_ids for t in tokens)))  # it stopped at end of turn, not at the limit
-        return out
-
-    policy.stats = cached.stats  # rows the cache started afresh or continued, and prompt tokens fed
-    return policy
-
-
-def make_expert_policy(env):
-    """A policy that replays the env's expert turns (the turn index is the number of replies so far)."""
-    def policy(conversations, task_ids):
-        return [(env.expert(task_id)[sum(m["role"] == "assistant" for m in conversation)], True)
-                for conversation, task_id in zip(conversations, task_ids)]
-    return policy
-
-
-def make_in_context_policy(policy, example):
-    """The authors' prompt at exploration and test time: one expert trajectory shown as earlier turns after
-    the system message. The records keep only the task's own turns (SFT data and pairs never hold it)."""
-    shown = [message for message in example["messages"] if message["role"] != "system"]
-
-    def in_context_policy(conversations, task_ids):
-        return policy([conversation[:1] + shown + conversation[1:] for conversation in conversations], task_ids)
-    return in_context_policy
-
-
-def make_forcing_policy(policy, forced_turns):
-    """Teacher forcing (step-level pairs): an episode whose task has forced turns left replays them; the
-    other episodes of the batch go to `policy` in one call."""
-    def forcing_policy(conversations, task_ids):
-        turns = [sum(m["role"] == "assistant" for m in conversation) for conversation in conversations]
-        free = [i for i, (turn, task_id) in enumerate(zip(turns, task_ids)) if turn >= len(forced_turns[task_id])]
-        agent_replies = iter(policy([conversations[i] for i in free], [task_ids[i] for i in free]) if free else [])
-        return [next(agent_replies) if i in free else (forced_turns[task_id][turn], True)
-                for i, (turn, task_id) in enumerate(zip(turns, task_ids))]
-    return forcing_policy
-
-
-def step_prefixes(expert, task_ids, seed):
-    """Per task, the expert's first t-1 turns with t drawn uniformly from 2..T (paper App. B: the agent
-    acts from step t on; t = 1 is the trajectory level)."""
-    rng = random.Random(seed)
-    expert_by_task = {record["task_id"]: record for record in expert}
-    prefixes = {}
-    for task_id in task_ids:
-        turns = [m["content"] for m in expert_by_task[task_id]["messages"] if m["role"] == "assistant"]
-        prefixes[task_id] = turns[:rng.randrange(1, len(turns))] if len(turns) > 1 else []
-    return prefixes
+    if decode == "plain":
+        decoder = lambda prompts: plain_decode(model, prompts, pick, max_new_tokens, stops, pad)  # noqa: E731
+    else:
+        decoder = KVCacheDecoder(model, pad, stops, pick, max_new_tokens, reuse_cache)
+    return ChatPolicy(model, tokenizer, decoder, max_new_tokens, stops, seed)
 
 
 def cap(observation, max_chars):
@@ -308,12 +220,11 @@ def build_parser():
 
 
 def main():
-    parser = build_parser()
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     check_arguments(args)
     example = read_jsonl(args.in_context, ("task_id", "messages"), check_trajectory)[0] if args.in_context else None
-    expert_records = (read_jsonl(args.teacher_force, ("task_id", "messages", "reward"), check_trajectory)
-                      if args.teacher_force else None)
+    expert_records = read_jsonl(args.teacher_force, ("task_id", "messages", "reward"), check_trajectory) \
+        if args.teacher_force else None
 
     started = time.time()
     ranks = Ranks.start(args.device)  # under torchrun: every world-th episode per rank
@@ -324,10 +235,8 @@ def main():
     task_ids = split_task_ids[args.skip:][:args.limit]
     if not task_ids:
         raise InputError(f"--skip {args.skip} leaves no task: split {args.split!r} has {len(split_task_ids)}")
-    if expert_records is not None:  # fail now, not after minutes of rollouts
-        missing = sorted(set(task_ids) - {record["task_id"] for record in expert_records})
-        if missing:
-            raise InputError(f"{args.teacher_force}: no expert trajectory for {len(missing)} tasks, e.g. {missing[0]!r}")
+    if expert_records is not None:  # before any model loads: every task has its expert turns
+        prefixes = step_prefixes(expert_records, task_ids, args.seed, where=args.teacher_force)
     episodes = [(task_id, sample) for task_id in task_ids for sample in range(args.samples)]
     if args.expert:
         policy, settings = make_expert_policy(env), {"temperature": None, "top_p": None}
@@ -340,7 +249,6 @@ def main():
             policy = make_in_context_policy(policy, example)
             settings["in_context"] = example["task_id"]
     if expert_records is not None:
-        prefixes = step_prefixes(expert_records, task_ids, args.seed)
         policy = make_forcing_policy(policy, prefixes)
     records = rollout(args.env, episodes[ranks.rank::ranks.world], policy, batch_size=args.batch_size, max_steps=args.max_steps,
                       desc=args.split, max_observation_chars=args.max_observation_chars, max_invalid=args.max_invalid)

@@ -22,7 +22,8 @@ import argparse
 import json
 import time
 
-from common import HelpFormatter, InputError, check_trajectory, read_jsonl, run_main, write_json, write_jsonl
+from common import (HelpFormatter, InputError, check_messages, check_trajectory, read_jsonl, run_main,
+                    tokenize_conversation, write_json, write_jsonl)
 from explore import parse_action
 
 LEVELS = ("trajectory", "divergence")
@@ -126,6 +127,23 @@ def on_policy_references(explored, expert):
         if record["reward"] >= expert_by_task[record["task_id"]]["reward"]:
             successes.setdefault(record["task_id"], record)
     return [successes.get(record["task_id"], record) for record in expert]
+
+
+def tokenize_pair(tokenizer, pair):
+    """(chosen ids, chosen mask, rejected ids, rejected mask): prompt + continuation, agent turns masked in."""
+    # only the continuations are scored: assistant turns inside the prompt are context
+    chosen = tokenize_conversation(tokenizer, pair["prompt"] + pair["chosen"], train_from=len(pair["prompt"]))
+    rejected = tokenize_conversation(tokenizer, pair["prompt"] + pair["rejected"], train_from=len(pair["prompt"]))
+    return chosen + rejected
+
+
+def check_pair(pair, where):
+    """A pair record as dpo.py reads it: a prompt, then chosen and rejected continuations of it."""
+    check_messages(pair["prompt"], f"{where}: prompt")
+    for side in ("chosen", "rejected"):  # a continuation follows its prompt and ends on the agent's turn
+        check_messages(pair[side], f"{where}: {side}", after=pair["prompt"][-1]["role"])
+        if pair[side][-1]["role"] != "assistant":
+            raise InputError(f"{where}: {side} must end with an assistant turn")
 
 
 def build_parser():

@@ -27,9 +27,9 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import (HelpFormatter, InputError, add_system_flags, autocast, check_trajectory, checkpoint_activations,
-                    load_model, micro_batches, read_jsonl, run_main, save_model_atomically, sequence_logps, set_seed,
-                    stop_if_diverged, tokenize_conversation)
+from common import (HelpFormatter, InputError, add_memory_flags, add_system_flags, autocast, check_batch_sizes,
+                    check_trajectory, checkpoint_activations, cut_to_length, load_model, micro_batches, read_jsonl,
+                    run_main, save_trained, sequence_logps, set_seed, stop_if_diverged, tokenize_conversation)
 from plumbing.ranks import Ranks
 
 # defaults that fit the model: a model built from scratch needs a high lr and many epochs, a pretrained
@@ -135,14 +135,7 @@ def build_parser():
     parser.add_argument("--patience", type=int, default=2, help="stop after this many epochs without a dev-loss gain, "
                                                                 "keeping the best epoch (0: never)")
     # memory and processes: how a step is computed, not what it computes
-    memory = parser.add_argument_group("memory and processes (the gradient is the same however a step is split)")
-    memory.add_argument("--micro-batch-size", type=int, default=16, help="sequences per forward pass, at most")
-    memory.add_argument("--token-budget", type=int, default=None, help="padded tokens per forward pass, at most (0: no "
-                                                                       "limit); None: 0 for tiny, 4096 for a loaded model")
-    memory.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward: "
-                                                                              "less memory for a large model, ~1/3 more time")
-    memory.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and optimizer "
-                                                            "state over the ranks (fully_shard) instead of a copy each (DDP)")
+    add_memory_flags(parser, "sequences", micro_batch_size=16, token_budget_default="0 for tiny, 4096 for a loaded model")
     tiny = parser.add_argument_group("the tiny model's shape (--model tiny)")
     tiny.add_argument("--tiny-hidden", type=int, default=192, help="hidden size (the MLP is 8/3 of it)")
     tiny.add_argument("--tiny-layers", type=int, default=4, help="decoder layers")
@@ -153,10 +146,7 @@ def build_parser():
 
 def main():
     args = build_parser().parse_args()
-    if args.micro_batch_size < 1:
-        raise InputError(f"--micro-batch-size must be at least 1, got {args.micro_batch_size}")
-    if args.batch_size % args.micro_batch_size:
-        raise InputError("--batch-size must be a multiple of --micro-batch-size")
+    check_batch_sizes(args.batch_size, args.micro_batch_size)
     defaults = FROM_SCRATCH if args.model == "tiny" else PRETRAINED
     for name, value in defaults.items():  # filled in before anything runs, so args.json shows what was used
         if getattr(args, name) is None:
@@ -180,15 +170,9 @@ def main():
         model, tokenizer = load_model(args.model, args.device, args.dtype)
     n_params = sum(p.numel() for p in model.parameters())
 
-    examples, skipped, truncated = [], 0, 0
-    for trajectory in tqdm(trajectories, desc="tokenize", leave=False):
-        ids, mask = tokenize_conversation(tokenizer, trajectory["messages"])
-        truncated += len(ids) > args.max_length
-        ids, mask = ids[:args.max_length], mask[:args.max_length]  # keep the start: the task and first turns
-        if sum(mask) == 0:  # nothing left to learn from: count it, never train on it silently
-            skipped += 1
-            continue
-        examples.append((ids, mask))
+    examples, skipped, truncated = cut_to_length(
+        [tokenize_conversation(tokenizer, t["messages"]) for t in tqdm(trajectories, desc="tokenize", leave=False)],
+        args.max_length)
     if not examples:
         raise InputError(f"{' '.join(args.data)}: no example keeps a trainable token at --max-length {args.max_length}")
     rng = random.Random(args.seed)
@@ -253,12 +237,7 @@ def main():
                "dev_examples": len(dev_examples), "skipped": skipped, "truncated": truncated, "below_min_reward": below,
                "epochs": len(history), "train_loss": history[-1]["train_loss"] if history else None,
                "dev_loss": round(best_dev, 4) if dev_examples and history else None, "seconds": round(time.time() - started, 1)}
-    state = ranks.state_dict(model)  # under --fsdp every rank sends its shards
-    if ranks.main:
-        save_model_atomically(model, tokenizer, args.out, {"args": vars(args), "history": history, "summary": summary},
-                              state_dict=state)
-        print(json.dumps(summary))
-
+    save_trained(ranks, model, tokenizer, args.out, args, history, summary)
 
 if __name__ == "__main__":
     run_main(main)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from plumbing.ranks import Ranks, shard
-from dpo import tokenize_pair
+from pairs import tokenize_pair
 from tests.test_dpo import step_gradient, tiny_model_and_pairs
 
 from pairs import make_pairs
@@ -33,7 +33,8 @@ def largest_difference(a, b):
 def expert_file(tmp_path, n):
     """n expert trajectories of the shop's train tasks, written as explore.py --expert writes them."""
     import envs
-    from explore import make_expert_policy, rollout
+    from envs.expert import make_expert_policy
+    from explore import rollout
     env = envs.make("shop")
     records = rollout("shop", [(t, 0) for t in env.task_ids("train")[:n]], make_expert_policy(env))
     path = tmp_path / "expert.jsonl"

@@ -1,6 +1,5 @@
 """The README and the flags: the stage-by-stage block is what `loop.py` runs, every --help shows every
 flag with a help line and its default, and the docs speak of the software, not of its making."""
-import argparse
 import glob
 import os
 import re

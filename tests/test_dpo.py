@@ -8,7 +8,8 @@ import torch
 
 import dpo
 from common import InputError, micro_batches, sequence_logps
-from dpo import Objective, accumulate_step, dpo_loss, tokenize_pair
+from dpo import Objective, accumulate_step, dpo_loss
+from pairs import tokenize_pair
 from plumbing.ranks import Ranks
 from pairs import make_pairs
 from sft import build_tiny_model, build_tiny_tokenizer

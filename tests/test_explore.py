@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import envs
-from explore import (INVALID_FORMAT, make_expert_policy, make_forcing_policy, make_generate_policy,
-                     make_in_context_policy, parse_action, rollout, step_prefixes, summarize)
+from envs.expert import make_expert_policy, make_forcing_policy, make_in_context_policy, step_prefixes
+from explore import INVALID_FORMAT, make_generate_policy, parse_action, rollout, summarize
 from sft import build_tiny_model, build_tiny_tokenizer
 from tests.conftest import ROOT, run_in_process
 

@@ -6,7 +6,8 @@ pytest.importorskip("textworld_express")
 
 import envs  # noqa: E402
 from envs.household import MAX_STEPS, thought_for  # noqa: E402
-from explore import make_expert_policy, rollout  # noqa: E402
+from envs.expert import make_expert_policy  # noqa: E402
+from explore import rollout  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,8 @@ import sys
 import pytest
 
 from common import InputError
-from dpo import tokenize_pair
 from explore import parse_action
-from pairs import best_and_worst, make_pairs, on_policy_references
+from pairs import best_and_worst, make_pairs, on_policy_references, tokenize_pair
 from sft import build_tiny_tokenizer
 from tests.conftest import ROOT
 

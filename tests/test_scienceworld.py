@@ -10,7 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import envs  # noqa: E402
 from envs.scienceworld import MAX_STEPS, canonical, split_task_ids, thought_for  # noqa: E402
-from explore import make_expert_policy, rollout  # noqa: E402
+from envs.expert import make_expert_policy  # noqa: E402
+from explore import rollout  # noqa: E402
 
 
 @pytest.fixture(scope="module")
