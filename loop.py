@@ -40,6 +40,8 @@ class Launch:
     """How stages are launched, set once from the flags."""
     procs = 1        # --procs: the torch stages run under torchrun with this many processes
     dry_run = False  # --dry-run: print every command, run none
+
+
 # DPO settings by model: the tiny model's were chosen on the shop env's dev split (docs/results.md); a loaded
 # (pretrained chat) model gets the paper's. SFT's lr and epochs default inside sft.py the same way.
 TINY_DEFAULTS = {"pair_level": "divergence", "dpo_lr": 1e-4, "beta": 1.0, "dpo_epochs": 2, "sft_weight": 1.0}
@@ -121,6 +123,8 @@ def dpo_flags(args, iteration, seed):
 
 def eto_loop(args, run, seed):
     """Every ETO stage of one seed in `run`; returns (result rows, {"expert": path, "sft": path})."""
+    if not Launch.dry_run:
+        os.makedirs(run, exist_ok=True)
     # 1. expert trajectories and SFT
     expert = os.path.join(run, "expert.jsonl")
     run_stage("explore.py", expert, "--env", args.env, "--split", "train", "--expert", *limit_flags(args.train_limit))

@@ -48,7 +48,8 @@ class ChatPolicy:
     stopped at its end of turn, not at max_new_tokens."""
 
     def __init__(self, model, tokenizer, decode, max_new_tokens, stops, seed=0):
-        self.model, self.tokenizer, self.decode, self.max_new_tokens, self.stops = model, tokenizer, decode, max_new_tokens, stops
+        self.model, self.tokenizer, self.decode = model, tokenizer, decode
+        self.max_new_tokens, self.stops = max_new_tokens, stops
         self.context = getattr(model.config, "max_position_embeddings", None) or 10 ** 9
         self.seed, self.calls = seed, 0  # each call's sampling seed derives from (seed, call)
         self.stats = getattr(decode, "stats", {})  # the cache's rows started afresh or continued, tokens fed
