@@ -5,10 +5,8 @@
     python explore.py --env shop --split test_unseen --model runs/demo/sft --out runs/demo/eval_sft.jsonl
     python explore.py --env shop --split train --model runs/demo/sft --out runs/demo/samples.jsonl \
         --temperature 1.0 --samples 4                 # sampled: Best-of-N, RFT and self-play read these
-    python explore.py --env shop --split train --model runs/demo/sft --out runs/demo/iter1/explore-step.jsonl \
-        --teacher-force runs/demo/expert.jsonl       # step-level: the expert's first t-1 turns, then the agent
     torchrun --nproc-per-node 2 explore.py --split train --model runs/demo/sft --out runs/demo/iter1/explore.jsonl
-                                                     # each rank every 2nd episode; greedy: the same records
+                                                     # each rank a share of the episodes; the same records
 
 `--expert` plays the env's expert; `--model PATH` lets the agent act, greedily unless `--temperature`
 is above 0. Each turn one batched decode advances every unfinished episode, up to its end-of-turn token:
@@ -32,7 +30,7 @@ from common import (HelpFormatter, InputError, add_system_flags, check_trajector
                     set_seed, write_json, write_jsonl)
 from envs.expert import make_expert_policy, make_forcing_policy, make_in_context_policy, step_prefixes
 from plumbing.decode import ChatPolicy, KVCacheDecoder, next_tokens, stop_ids
-from plumbing.ranks import Ranks
+from plumbing.ranks import Ranks, shard
 
 INVALID_FORMAT = (f"{envs.INVALID}: no 'Action:' found. Reply as 'Thought: ...' on one line and "
                   f"'Action: ...' on the next.")
@@ -206,9 +204,8 @@ def build_parser():
                         help="end an episode after N invalid actions in a row, its reward so far standing (None: "
                              "the env's; household: 5, others: never; 0: never)")
     parser.add_argument("--batch-size", type=int, default=32, help="episodes advanced together, one decode a turn")
-    parser.add_argument("--decode", default="cached", choices=("cached", "plain"),
-                        help="cached: keep a KV cache across tokens and turns; plain: feed each conversation whole "
-                             "for every token (the same tokens, 2-3x slower)")
+    parser.add_argument("--decode", default="cached", choices=("cached", "plain"), help="cached: a KV cache kept "
+                        "across tokens and turns; plain: each conversation fed whole per token (same tokens, slower)")
     beyond = parser.add_argument_group("beyond the paper's exploration")
     beyond.add_argument("--teacher-force", metavar="EXPERT_JSONL",
                         help="step-level exploration (paper App. B): replay the expert's first t-1 turns of each "
@@ -227,7 +224,7 @@ def main():
         if args.teacher_force else None
 
     started = time.time()
-    ranks = Ranks.start(args.device)  # under torchrun: every world-th episode per rank
+    ranks = Ranks.start(args.device)  # under torchrun: a contiguous share of the episodes per rank
     args.device = ranks.device
     set_seed(args.seed)
     env = envs.make(args.env)
@@ -250,14 +247,12 @@ def main():
             settings["in_context"] = example["task_id"]
     if expert_records is not None:
         policy = make_forcing_policy(policy, prefixes)
-    records = rollout(args.env, episodes[ranks.rank::ranks.world], policy, batch_size=args.batch_size, max_steps=args.max_steps,
-                      desc=args.split, max_observation_chars=args.max_observation_chars, max_invalid=args.max_invalid)
-    if ranks.world > 1:  # rank 0 writes every rank's episodes, in the order one process would have
-        records = ranks.gather(records)
-        if not ranks.main:
-            return
-        position = {episode: i for i, episode in enumerate(episodes)}
-        records.sort(key=lambda r: position[(r["task_id"], r["sample"])])
+    records = rollout(args.env, shard(episodes, ranks.rank, ranks.world), policy, batch_size=args.batch_size,
+                      max_steps=args.max_steps, desc=args.split, max_observation_chars=args.max_observation_chars,
+                      max_invalid=args.max_invalid)
+    records = ranks.gather(records)  # every rank's episodes, in order: rank 0 writes them all
+    if not ranks.main:
+        return
     for record in records:
         record.update({"env": args.env, "split": args.split, "success": record["reward"] >= 1.0,
                        "seed": args.seed, "policy": "expert" if args.expert else args.model, **settings})
