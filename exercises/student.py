@@ -1,0 +1,76 @@
+"""Your code: one function an exercise, in the order ETO runs. Replace each `raise NotImplementedError`
+with your implementation, then run `python -m pytest exercises` from the repo root (exercises/README.md).
+Each docstring is the contract the tests hold you to; the hints say where the usual mistakes are."""
+import torch
+import torch.nn.functional as F  # noqa: F401  (you may want F.logsigmoid)
+
+
+# ---- 1. SFT and DPO: a sequence's log-prob over the agent's tokens --------------------------------------
+def sequence_logps(logits, input_ids, loss_mask):
+    """The summed log-prob of each sequence's agent tokens.
+
+    logits: (B, T, V), a causal LM's output for input_ids; logits[:, t] predicts input_ids[:, t + 1].
+    input_ids: (B, T) token ids. loss_mask: (B, T), 1 on the agent's tokens, 0 elsewhere.
+    Returns (B,): for each row, the sum over t >= 1 with loss_mask[t] == 1 of log p(input_ids[t] | input_ids[<t]).
+
+    Hint: the prediction for token t sits at position t - 1. Sum, do not average: ETO scores whole
+    trajectories (paper Eq. 11), so a longer trajectory's log-prob is a larger sum. Keep the gradient.
+    """
+    raise NotImplementedError
+
+
+# ---- 2. DPO's loss (paper Eq. 11) -------------------------------------------------------------------
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    """Per-pair DPO losses and implicit rewards, each of shape (B,).
+
+    With h = (log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected)):
+        loss = -log sigmoid(beta * h)
+        chosen_reward = beta * (log pi(chosen) - log ref(chosen)), and the same for rejected.
+    Returns (losses, chosen_rewards, rejected_rewards).
+
+    Hint: the rewards are for logging only: detach them, so no gradient flows through them. When the
+    policy equals the reference, every loss is log 2.
+    """
+    raise NotImplementedError
+
+
+# ---- 3. a variant: IPO ------------------------------------------------------------------------------
+def ipo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    """Per-pair IPO losses, shape (B,) (Azar et al. 2023, Eq. 17): (h - 1 / (2 beta))^2, with h as in
+    dpo_loss. Unlike DPO's, this loss has a minimum: it stops pushing once the margin h reaches 1 / (2 beta).
+    """
+    raise NotImplementedError
+
+
+# ---- 4. ETO's pair rule -----------------------------------------------------------------------------
+def pair_with_expert(explored, expert):
+    """ETO's rule for one task. `explored` and `expert` are trajectories (dicts with a "reward").
+
+    explored reward < expert reward: (expert, explored, "lose")  -- the expert is chosen
+    explored reward > expert reward: (explored, expert, "win")   -- the agent beat the expert
+    equal rewards: None                                          -- a tie teaches nothing: no pair
+
+    Returns (chosen, rejected, outcome) or None.
+    """
+    raise NotImplementedError
+
+
+# ---- 5. the explored side's cut -----------------------------------------------------------------------
+def cut_after_assistant_turns(messages, n_turns):
+    """The messages up to and including the n-th assistant message (role "assistant"); all messages up to
+    the last assistant one if there are fewer; [] if there is none.
+
+    ETO cuts a failed trajectory to the expert's number of agent turns + 5, so a long failure cannot
+    dominate the summed log-prob. Hint: the cut side must end on the agent's turn, never on an observation.
+    """
+    raise NotImplementedError
+
+
+# ---- 6. where two trajectories part ---------------------------------------------------------------------
+def first_differing_action(chosen, rejected, parse_action):
+    """The index of the first assistant message whose *action* differs between two message lists of the
+    same start (`parse_action(content)` gives a reply's action), or None if none differs.
+
+    Hint: thoughts may differ where the actions agree; only the action counts.
+    """
+    raise NotImplementedError

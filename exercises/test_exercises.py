@@ -1,0 +1,122 @@
+"""The grader: `python -m pytest exercises`. Every expected value is worked out here by hand, with the
+arithmetic written next to it; nothing calls the repo's own implementation (adapters.py decides whose
+code runs)."""
+import math
+
+import pytest
+import torch
+
+from exercises import adapters
+
+LN = math.log
+
+
+# ---- 1. sequence_logps ---------------------------------------------------------------------------------
+def logits_and_ids():
+    """Vocabulary of 3. Softmax of [0, ln 2, 0] is [1/4, 1/2, 1/4], of [ln 3, 0, 0] is [3/5, 1/5, 1/5],
+    of [0, 0, ln 4] is [1/6, 1/6, 4/6], of [ln 5, 0, 0] is [5/7, 1/7, 1/7]."""
+    rows = [[0.0, LN(2), 0.0], [LN(3), 0.0, 0.0], [0.0, 0.0, LN(4)], [LN(5), 0.0, 0.0]]
+    logits = torch.tensor([rows, rows], requires_grad=True)  # (2, 4, 3): both sequences get the same logits
+    input_ids = torch.tensor([[0, 1, 0, 2], [2, 2, 1, 0]])
+    loss_mask = torch.tensor([[0, 1, 0, 1], [0, 0, 1, 1]])
+    return logits, input_ids, loss_mask
+
+
+def test_1_sequence_logps_sums_the_agent_tokens_each_predicted_one_position_earlier():
+    logits, input_ids, loss_mask = logits_and_ids()
+    logps = adapters.sequence_logps(logits, input_ids, loss_mask)
+    # row 0: token 1 (id 1) from position 0: 1/2; token 3 (id 2) from position 2: 4/6  ->  log(1/2 * 2/3) = log(1/3)
+    # row 1: token 2 (id 1) from position 1: 1/5; token 3 (id 0) from position 2: 1/6  ->  log(1/30)
+    assert logps.shape == (2,)
+    assert logps.tolist() == pytest.approx([LN(1 / 3), LN(1 / 30)], abs=1e-5)
+
+
+def test_1_sequence_logps_is_a_sum_not_a_mean_and_keeps_the_gradient():
+    logits, input_ids, loss_mask = logits_and_ids()
+    logps = adapters.sequence_logps(logits, input_ids, loss_mask)
+    assert logps[0].item() != pytest.approx(LN(1 / 3) / 2, abs=1e-3)  # the mean over the 2 tokens
+    assert logps.requires_grad
+    logps.sum().backward()
+    assert logits.grad[:, 3].abs().sum() == 0  # the last position predicts nothing in the sequence
+
+
+def test_1_the_first_token_has_no_prediction_so_its_mask_does_not_count():
+    logits, input_ids, loss_mask = logits_and_ids()
+    loss_mask[:, 0] = 1
+    assert adapters.sequence_logps(logits, input_ids, loss_mask).tolist() == pytest.approx([LN(1 / 3), LN(1 / 30)], abs=1e-5)
+
+
+# ---- 2. dpo_loss -----------------------------------------------------------------------------------------
+def four(*values, grad=False):
+    return [torch.tensor([v], requires_grad=grad) for v in values]
+
+
+def test_2_dpo_loss_by_hand():
+    # chosen ratio -1 - (-1.5) = 0.5, rejected ratio -2 - (-1.5) = -0.5, h = 1, beta = 0.5:
+    # loss = -log sigmoid(0.5) = log(1 + e^-0.5) = 0.474077; rewards 0.5 * 0.5 = 0.25 and -0.25
+    losses, chosen_rewards, rejected_rewards = adapters.dpo_loss(*four(-1.0, -2.0, -1.5, -1.5), 0.5)
+    assert losses.item() == pytest.approx(LN(1 + math.exp(-0.5)), abs=1e-6)
+    assert chosen_rewards.item() == pytest.approx(0.25) and rejected_rewards.item() == pytest.approx(-0.25)
+
+
+def test_2_dpo_loss_is_log_2_where_the_policy_is_the_reference():
+    losses, chosen_rewards, rejected_rewards = adapters.dpo_loss(*four(-3.0, -7.0, -3.0, -7.0), 0.1)
+    assert losses.item() == pytest.approx(LN(2), abs=1e-6)
+    assert chosen_rewards.item() == 0 and rejected_rewards.item() == 0
+
+
+def test_2_the_rewards_are_detached_and_the_loss_is_not():
+    policy_chosen, policy_rejected, reference_chosen, reference_rejected = four(-1.0, -2.0, -1.5, -1.5, grad=True)
+    losses, chosen_rewards, rejected_rewards = adapters.dpo_loss(policy_chosen, policy_rejected, reference_chosen.detach(),
+                                                                 reference_rejected.detach(), 0.5)
+    assert losses.requires_grad and not chosen_rewards.requires_grad and not rejected_rewards.requires_grad
+    losses.sum().backward()
+    # d/dh of -log sigmoid(beta h) = -beta (1 - sigmoid(beta h)) = -0.5 * (1 - sigmoid(0.5)) = -0.188765
+    assert policy_chosen.grad.item() == pytest.approx(-0.5 * (1 - 1 / (1 + math.exp(-0.5))), abs=1e-6)
+    assert policy_rejected.grad.item() == pytest.approx(0.5 * (1 - 1 / (1 + math.exp(-0.5))), abs=1e-6)
+
+
+# ---- 3. ipo_loss -----------------------------------------------------------------------------------------
+def test_3_ipo_loss_by_hand():
+    # h = 1 as in test 2: beta 0.5 -> (1 - 1/(2*0.5))^2 = 0; beta 0.25 -> (1 - 2)^2 = 1; beta 1 -> (1 - 0.5)^2 = 0.25
+    assert adapters.ipo_loss(*four(-1.0, -2.0, -1.5, -1.5), 0.5).item() == pytest.approx(0.0, abs=1e-6)
+    assert adapters.ipo_loss(*four(-1.0, -2.0, -1.5, -1.5), 0.25).item() == pytest.approx(1.0, abs=1e-6)
+    assert adapters.ipo_loss(*four(-1.0, -2.0, -1.5, -1.5), 1.0).item() == pytest.approx(0.25, abs=1e-6)
+
+
+# ---- 4. pair_with_expert ---------------------------------------------------------------------------------
+def test_4_the_pair_rule_lose_win_tie():
+    expert, worse, better, same = {"reward": 0.8}, {"reward": 0.2}, {"reward": 1.0}, {"reward": 0.8}
+    chosen, rejected, outcome = adapters.pair_with_expert(worse, expert)
+    assert chosen is expert and rejected is worse and outcome == "lose"
+    chosen, rejected, outcome = adapters.pair_with_expert(better, expert)
+    assert chosen is better and rejected is expert and outcome == "win"
+    assert adapters.pair_with_expert(same, expert) is None  # a tie is dropped, never kept as a pair
+
+
+# ---- 5. cut_after_assistant_turns ------------------------------------------------------------------------
+MESSAGES = [{"role": "system", "content": "s"}, {"role": "user", "content": "task"},
+            {"role": "assistant", "content": "a1"}, {"role": "user", "content": "o1"},
+            {"role": "assistant", "content": "a2"}, {"role": "user", "content": "o2"},
+            {"role": "assistant", "content": "a3"}, {"role": "user", "content": "o3"}]
+
+
+def test_5_the_cut_keeps_n_agent_turns_and_ends_on_one():
+    assert adapters.cut_after_assistant_turns(MESSAGES, 2) == MESSAGES[:5]   # through a2
+    assert adapters.cut_after_assistant_turns(MESSAGES, 10) == MESSAGES[:7]  # fewer turns: through a3, not o3
+    assert adapters.cut_after_assistant_turns(MESSAGES, 0) == []
+    assert adapters.cut_after_assistant_turns(MESSAGES[:2], 3) == []         # no agent turn at all
+
+
+# ---- 6. first_differing_action ---------------------------------------------------------------------------
+def reply(thought, action):
+    return {"role": "assistant", "content": f"Thought: {thought}\nAction: {action}"}
+
+
+def test_6_the_first_differing_action_ignores_thoughts():
+    start = [{"role": "system", "content": "s"}, {"role": "user", "content": "task"}]
+    chosen = start + [reply("look", "search[shoes]"), {"role": "user", "content": "page"}, reply("first", "click[item 2]")]
+    rejected = start + [reply("other words", "search[shoes]"), {"role": "user", "content": "page"},
+                        reply("first", "click[item 1]")]
+    assert adapters.first_differing_action(chosen, rejected) == 4
+    assert adapters.first_differing_action(chosen, chosen) is None
