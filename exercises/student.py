@@ -1,7 +1,7 @@
 """Your code: one function an exercise, in the order ETO runs. Replace each `raise NotImplementedError`
 with your implementation, then run `python -m pytest exercises` from the repo root (exercises/README.md).
 Each docstring is the contract the tests hold you to; the hints say where the usual mistakes are."""
-import torch
+import torch  # noqa: F401  (the functions below work on torch tensors)
 import torch.nn.functional as F  # noqa: F401  (you may want F.logsigmoid)
 
 
