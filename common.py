@@ -316,8 +316,8 @@ def check_batch_sizes(batch_size, micro_batch_size):
     """--batch-size and --micro-batch-size (sft.py, dpo.py): one line for values that cannot split a step."""
     if micro_batch_size < 1:
         raise InputError(f"--micro-batch-size must be at least 1, got {micro_batch_size}")
-    if batch_size % micro_batch_size:
-        raise InputError("--batch-size must be a multiple of --micro-batch-size")
+    if batch_size > micro_batch_size and batch_size % micro_batch_size:  # a smaller batch is one pass
+        raise InputError("--batch-size must be a multiple of --micro-batch-size, or at most it")
 
 
 def cut_to_length(examples, max_length):

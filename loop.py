@@ -42,10 +42,20 @@ class Launch:
     dry_run = False  # --dry-run: print every command, run none
 
 
-# DPO settings by model: the tiny model's were chosen on the shop env's dev split (docs/results.md); a loaded
-# (pretrained chat) model gets the paper's. SFT's lr and epochs default inside sft.py the same way.
-TINY_DEFAULTS = {"pair_level": "divergence", "dpo_lr": 1e-4, "beta": 1.0, "dpo_epochs": 2, "sft_weight": 1.0}
-PAPER_DEFAULTS = {"pair_level": "trajectory", "dpo_lr": 1e-6, "beta": 0.1, "dpo_epochs": 3, "sft_weight": 0.0}
+# The tiny model's recipes, both chosen on the shop env's dev split (docs/performance.md). "lecture", the
+# default, fits a lecture on 2 CPU cores: SFT in fewer epochs of smaller steps, half the train tasks
+# explored, one DPO epoch in smaller steps. "full" is the recipe docs/results.md's tables were measured with. A loaded
+# (pretrained chat) model takes the paper's DPO settings under either, and sft.py's SFT defaults for it.
+RECIPES = {
+    "lecture": {"sft_epochs": 6, "sft_batch_size": 8, "sft_lr": 3e-3, "explore_limit": 500,
+                "pair_level": "divergence", "dpo_lr": 1e-4, "beta": 1.0, "dpo_epochs": 1, "dpo_batch_size": 8,
+                "sft_weight": 1.0},
+    "full": {"sft_epochs": 10, "sft_batch_size": 16, "sft_lr": 3e-3, "explore_limit": 0,
+             "pair_level": "divergence", "dpo_lr": 1e-4, "beta": 1.0, "dpo_epochs": 2, "dpo_batch_size": 32,
+             "sft_weight": 1.0},
+}
+PAPER_DEFAULTS = {"explore_limit": 0, "pair_level": "trajectory", "dpo_lr": 1e-6, "beta": 0.1, "dpo_epochs": 3,
+                  "dpo_batch_size": 32, "sft_weight": 0.0}
 
 
 def run_stage(script, out, *flags):
@@ -106,6 +116,12 @@ def limit_flags(limit):
     return ["--limit", str(limit)] if limit else []
 
 
+def explored_tasks(args):
+    """How many train tasks each iteration explores: the first --explore-limit of the --train-limit (0: all)."""
+    limits = [limit for limit in (args.train_limit, args.explore_limit) if limit]
+    return min(limits) if limits else None
+
+
 def rollout_flags(args, seed):
     return ["--seed", str(seed)] + (["--max-steps", str(args.max_steps)] if args.max_steps else [])
 
@@ -130,10 +146,9 @@ def eto_loop(args, run, seed):
     run_stage("explore.py", expert, "--env", args.env, "--split", "train", "--expert", *limit_flags(args.train_limit))
     sft = os.path.join(run, "sft")
     sft_flags = ["--seed", str(seed), "--autocast", args.autocast]
-    if args.sft_epochs is not None:
-        sft_flags += ["--epochs", str(args.sft_epochs)]
-    if args.sft_lr is not None:
-        sft_flags += ["--lr", str(args.sft_lr)]
+    for flag, value in (("--epochs", args.sft_epochs), ("--lr", args.sft_lr), ("--batch-size", args.sft_batch_size)):
+        if value is not None:  # None: sft.py's default for the model
+            sft_flags += [flag, str(value)]
     run_stage("sft.py", sft, "--model", args.model, "--data", expert, *sft_flags)
     for split in SPLITS:  # the expert on the test tasks: the ceiling, and the path the report compares failures to
         run_stage("explore.py", os.path.join(run, "eval", f"expert.{split}.jsonl"), "--env", args.env, "--split", split,
@@ -146,7 +161,7 @@ def eto_loop(args, run, seed):
     for iteration in range(1, args.iterations + 1):
         folder = os.path.join(run, f"iter{iteration}")
         explore_flags = ["--env", args.env, "--split", "train", "--model", policy, "--temperature",
-                         str(args.temperature), "--samples", str(args.samples), *limit_flags(args.train_limit),
+                         str(args.temperature), "--samples", str(args.samples), *limit_flags(explored_tasks(args)),
                          *rollout_flags(args, seed)]
         explored = []
         if args.pair_level != "step":
@@ -197,6 +212,9 @@ def add_loop_flags(parser):
     parser.add_argument("--run", default="runs/default", help="folder for every artifact of this run")
     parser.add_argument("--env", default="shop", help="shop, scienceworld, household (see envs/)")
     parser.add_argument("--model", default="tiny", help="'tiny' (built offline) or a HF chat-model folder or .gguf file")
+    parser.add_argument("--recipe", default="lecture", choices=tuple(RECIPES),
+                        help="the tiny model's settings below, where a flag leaves them unset: lecture (fits a lecture "
+                             "on 2 CPU cores) or full (the recipe of docs/results.md's tables)")
     parser.add_argument("--iterations", type=int, default=1, help="explore -> pairs -> DPO rounds (the paper: 2)")
     parser.add_argument("--seed", type=int, default=0, help="passed to every stage")
     parser.add_argument("--no-control", action="store_true", help="skip the sft-continued control")
@@ -209,24 +227,27 @@ def add_loop_flags(parser):
                                                               "each where CUDA is; on CPU they share the cores)")
     parser.add_argument("--dry-run", action="store_true", help="print every stage's command, run none")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sft = parser.add_argument_group("SFT (None: sft.py's default for the model: 10 epochs at 3e-3 for tiny, "
-                                    "3 at 1e-5 for a loaded model)")
-    sft.add_argument("--sft-epochs", type=int, default=None, help="sft.py --epochs")
-    sft.add_argument("--sft-lr", type=float, default=None, help="sft.py --lr")
+    sft = parser.add_argument_group("SFT (None: the recipe's for tiny; sft.py's default for a loaded model)")
+    sft.add_argument("--sft-epochs", type=int, default=None, help="sft.py --epochs; tiny: lecture 6, full 10")
+    sft.add_argument("--sft-lr", type=float, default=None, help="sft.py --lr; tiny: 3e-3")
+    sft.add_argument("--sft-batch-size", type=int, default=None, help="sft.py --batch-size; tiny: lecture 8, full 16")
     explore = parser.add_argument_group("exploration and pairs (the authors' script explores greedily, once per task)")
     explore.add_argument("--temperature", type=float, default=0.0, help="explore.py --temperature (0: greedy)")
     explore.add_argument("--samples", type=int, default=1, help="explored trajectories per train task")
+    explore.add_argument("--explore-limit", type=int, default=None,
+                         help="train tasks explored per iteration (0: all); None: lecture 500, full all")
     explore.add_argument("--pair-level", default=None, choices=PAIR_LEVELS,
                          help="None: divergence for tiny, trajectory (the paper's) for a loaded model; step: the "
                               "agent acts after t-1 teacher-forced expert turns (paper App. B); mixture: both")
     dpo = parser.add_argument_group(
-        "DPO (None: by model; for tiny, chosen on the shop env's dev split; for a loaded model, the paper's)")
+        "DPO (None: by model; for tiny, the recipe's; for a loaded model, the paper's)")
     dpo.add_argument("--dpo-lr", type=float, default=None, help="tiny: 1e-4; loaded: 1e-6")
     dpo.add_argument("--beta", type=float, default=None, help="tiny: 1.0; loaded: 0.1")
-    dpo.add_argument("--dpo-epochs", type=int, default=None, help="tiny: 2; loaded: 3")
+    dpo.add_argument("--dpo-epochs", type=int, default=None, help="tiny: lecture 1, full 2; loaded: 3")
     dpo.add_argument("--sft-weight", type=float, default=None, help="NLL on chosen added to ETO's DPO loss; tiny: 1; "
                                                                     "loaded: 0")
-    dpo.add_argument("--dpo-batch-size", type=int, default=32, help="dpo.py --batch-size (the paper: 32)")
+    dpo.add_argument("--dpo-batch-size", type=int, default=None, help="dpo.py --batch-size; tiny: lecture 8 (the "
+                     "full recipe's number of steps on half the pairs), full 32; loaded: 32 (the paper's)")
     dpo.add_argument("--later-dpo-lr", type=float, default=None,
                      help="lr from iteration 2 on (None: --dpo-lr; the authors' script: 5e-7)")
     dpo.add_argument("--later-beta", type=float, default=None,
@@ -240,10 +261,13 @@ def fill_model_defaults(args):
         raise InputError(f"--procs must be at least 1, got {args.procs}")
     Launch.procs = args.procs
     Launch.dry_run = getattr(args, "dry_run", False)
-    defaults = TINY_DEFAULTS if args.model == "tiny" else PAPER_DEFAULTS
+    defaults = RECIPES[args.recipe] if args.model == "tiny" else PAPER_DEFAULTS
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    for flag in ("train_limit", "eval_limit", "explore_limit"):  # 0: all tasks
+        if getattr(args, flag) is not None and getattr(args, flag) < 0:
+            raise InputError(f"--{flag.replace('_', '-')} must be at least 0, got {getattr(args, flag)}")
 
 
 def build_parser():

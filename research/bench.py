@@ -12,7 +12,8 @@ Sections (--only picks some):
            chosen and rejected in two forwards (dpo.py) against one concatenated forward; padding waste
   rollout  episodes/s and generated tokens/s of greedy test_unseen rollouts at batch 1 and the default
            batch, against what the model's forward alone would allow
-  loop     the stage times of RUN, read from each stage's summary (`seconds`)
+  loop     each stage of RUN: its seconds (its summary's) and the tokens it ran through the model, by
+           role (system prompt, observations, the agent's turns), counted from the files it read or wrote
 Timings are wall-clock seconds on the machine it runs on (torch threads: as torch sets them); figures are
 medians of a few repeats where a repeat is cheap.
 """
@@ -208,15 +209,66 @@ def bench_rollout(model, tokenizer, rows, n_episodes=64, default_batch=32):
     rows.append(("rollout", f"one forward over {len(conversations)} whole episodes", f"{tokens / seconds:,.0f} tokens/s"))
 
 
-def bench_loop(run, rows):
+ROLES = {"system": "system", "user": "observations", "assistant": "agent"}
+
+
+def role_tokens(tokenizer, messages):
+    """Tokens of a rendered conversation by role: each message's share is what rendering it adds."""
+    counts, before = dict.fromkeys(ROLES.values(), 0), 0
+    for index, message in enumerate(messages):
+        upto = len(tokenizer(tokenizer.apply_chat_template(messages[:index + 1], tokenize=False),
+                             add_special_tokens=False)["input_ids"])
+        counts[ROLES[message["role"]]] += upto - before
+        before = upto
+    return counts
+
+
+def add_counts(total, counts, times=1.0):
+    for role, n in counts.items():
+        total[role] = total.get(role, 0) + n * times
+
+
+def stage_work(tokenizer, saved):
+    """Tokens a stage ran through the model, by role, from the files its args.json names (None: no model)."""
+    args, summary, total = saved["args"], saved["summary"], {}
+    if summary["stage"] == "sft":
+        kept = [t for path in args["data"] for t in read_jsonl(path) if t.get("reward", 1.0) >= args["min_reward"]]
+        share = summary["examples"] / max(1, summary["examples"] + summary["dev_examples"])  # the dev share is not trained
+        for trajectory in kept:
+            add_counts(total, role_tokens(tokenizer, trajectory["messages"]), summary["epochs"] * share)
+        return total, f"{summary['epochs']} epochs"
+    if summary["stage"] == "dpo":
+        for pair in read_jsonl(args["pairs"], ("prompt", "chosen", "rejected")):
+            # both sides, every epoch and once more for the reference
+            for side in ("chosen", "rejected"):
+                add_counts(total, role_tokens(tokenizer, pair["prompt"] + pair[side]), args["epochs"] + 1)
+        return total, f"{summary['pairs']} pairs x 2 sides x ({args['epochs']} epochs + the reference)"
+    if summary["stage"] == "explore" and args.get("model"):
+        for record in read_jsonl(args["out"]):  # with the KV cache each token is fed once; the agent's are decoded
+            add_counts(total, role_tokens(tokenizer, record["messages"]))
+        return total, f"{summary['n']} episodes"
+    return None, ""
+
+
+def bench_loop(run, tokenizer, rows):
+    """Each stage of RUN: its seconds (from its summary) and the tokens it ran through the model, by role."""
     for root, _, files in sorted(os.walk(run)):
         for name in sorted(files):
-            if name == "args.json" or name.endswith(".args.json"):
-                with open(os.path.join(root, name)) as f:
-                    summary = json.load(f).get("summary", {})
-                if "seconds" in summary:
-                    path = os.path.relpath(os.path.join(root, name), run).replace("/args.json", "").replace(".args.json", "")
-                    rows.append(("loop", f"{summary['stage']}: {path}", f"{summary['seconds']:.0f} s"))
+            if name != "args.json" and not name.endswith(".args.json"):
+                continue
+            with open(os.path.join(root, name)) as f:
+                saved = json.load(f)
+            summary = saved.get("summary", {})
+            if "seconds" not in summary or "args" not in saved:
+                continue
+            path = os.path.relpath(os.path.join(root, name), run).replace("/args.json", "").replace(".args.json", "")
+            work, what = stage_work(tokenizer, saved)
+            value = f"{summary['seconds']:.0f} s"
+            if work:
+                tokens = sum(work.values())
+                shares = ", ".join(f"{role} {n / tokens:.0%}" for role, n in work.items())
+                value += f"; {tokens / 1e6:.2f}M tokens ({shares}); {tokens / max(summary['seconds'], 1e-9):,.0f} tokens/s"
+            rows.append(("loop", f"{summary['stage']}: {path}" + (f" ({what})" if what else ""), value))
 
 
 def main():
@@ -251,7 +303,7 @@ def main():
         model.eval()
         bench_rollout(model, tokenizer, rows)
     if "loop" in sections:
-        bench_loop(args.run, rows)
+        bench_loop(args.run, tokenizer, rows)
 
 
 if __name__ == "__main__":

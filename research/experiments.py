@@ -9,6 +9,10 @@ and these methods beside ETO:
   scored by the best one's env reward (an oracle pick, no training).
 - `rft`: rejection-sampling fine-tuning: sample the train tasks, keep the distinct successes, fine-tune
   the SFT model on expert + successes.
+- `failure-sft`: SFT continued, NLL only, on the expert turns where the SFT model's sampled failures
+  left the expert's path (RFT's samples, paired with the expert at the first differing action): the
+  ETO step's settings (lr, epochs, batch), no preference term. It asks whether failures help by
+  choosing which expert turns to train on rather than through the preference term.
 - `self-play` (paper 4.5): no expert data after its start model: RFT on its own samples' successes,
   then ETO with each task's best sample against its worst (`pairs.py --within`), beside its control
   (NLL on the same best samples, the same steps; `--no-control` leaves it out).
@@ -26,11 +30,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the stages live one folder up
 from common import InputError, read_jsonl, run_main, write_json, write_jsonl
 from explore import parse_action
-from loop import (add_loop_flags, dpo_flags, eto_loop, evaluate, fill_model_defaults, limit_flags, rollout_flags,
-                  run_command, run_stage)
+from loop import (add_loop_flags, dpo_flags, eto_loop, evaluate, explored_tasks, fill_model_defaults, limit_flags,
+                  rollout_flags, run_command, run_stage)
 from report import mean_std_table
 
-METHODS = ("sft", "eto", "bon", "rft", "self-play")
+METHODS = ("sft", "eto", "bon", "rft", "failure-sft", "self-play")
 
 
 # ---- what a set of samples is worth ---------------------------------------------------------------
@@ -71,17 +75,39 @@ def best_of_n_rows(args, run, sft, seed):
     return rows
 
 
+def train_samples(args, run, sft, seed):
+    """The SFT model's --rft-samples samples at temperature 1 of each train task ETO explores (RFT's and
+    failure-sft's data)."""
+    explored = os.path.join(run, "rft", "explore.jsonl")
+    run_stage("explore.py", explored, "--env", args.env, "--split", "train", "--model", sft, "--temperature", "1.0",
+              "--samples", str(args.rft_samples), *limit_flags(explored_tasks(args)), *rollout_flags(args, seed))
+    return explored
+
+
 def rft_rows(args, run, expert, sft, seed):
     """RFT: the SFT model's sampled successes on the train tasks, fine-tuned on with the expert data."""
     folder = os.path.join(run, "rft")
-    explored, successes = os.path.join(folder, "explore.jsonl"), os.path.join(folder, "successes.jsonl")
-    run_stage("explore.py", explored, "--env", args.env, "--split", "train", "--model", sft, "--temperature", "1.0",
-              "--samples", str(args.rft_samples), *limit_flags(args.train_limit), *rollout_flags(args, seed))
+    explored, successes = train_samples(args, run, sft, seed), os.path.join(folder, "successes.jsonl")
     data = [expert] + ([successes] if write_successes(explored, successes) else [])
     model = os.path.join(folder, "model")
     run_stage("sft.py", model, "--model", sft, "--data", *data, "--epochs", str(args.rft_epochs),
               "--lr", str(args.rft_lr), "--seed", str(seed), "--autocast", args.autocast)
     return evaluate(args, run, "rft", model, seed)
+
+
+def failure_sft_rows(args, run, expert, sft, seed):
+    """Failure-guided SFT: NLL on the expert side of the sampled failures' divergence pairs, from the SFT model."""
+    folder = os.path.join(run, "failure-sft")
+    pairs = os.path.join(folder, "pairs.jsonl")
+    summary = run_stage("pairs.py", pairs, "--explored", train_samples(args, run, sft, seed), "--expert", expert,
+                        "--level", "divergence")
+    if summary is not None and summary["pairs"] == 0:
+        print("failure-sft: no sampled failure on any train task; nothing to train on", flush=True)
+        return []
+    model = os.path.join(folder, "model")
+    run_stage("dpo.py", model, "--model", sft, "--pairs", pairs, "--dpo-weight", "0", "--sft-weight", "1",
+              *dpo_flags(args, 1, seed))
+    return evaluate(args, run, "failure-sft", model, seed)
 
 
 def self_play_rows(args, run, seed):
@@ -137,6 +163,8 @@ def run_seed(args, run, seed):
         rows += best_of_n_rows(args, run, paths["sft"], seed)
     if "rft" in args.method_list:
         rows += rft_rows(args, run, paths["expert"], paths["sft"], seed)
+    if "failure-sft" in args.method_list:
+        rows += failure_sft_rows(args, run, paths["expert"], paths["sft"], seed)
     if "self-play" in args.method_list:
         rows += self_play_rows(args, run, seed)
     return rows
@@ -149,7 +177,8 @@ def parse_args():
     group.add_argument("--methods", default="sft,eto", help=f"comma list of: {', '.join(METHODS)} (sft always runs)")
     group.add_argument("--seeds", default=None, help="comma list of seeds, each in RUN/seedS; writes RUN/results.md")
     group.add_argument("--bon-n", type=int, default=4, help="Best-of-N: samples per test task (temperature 1)")
-    group.add_argument("--rft-samples", type=int, default=4, help="RFT: samples per train task (temperature 1)")
+    group.add_argument("--rft-samples", type=int, default=4, help="RFT and failure-sft: samples per train task "
+                                                                     "(temperature 1)")
     group.add_argument("--rft-epochs", type=int, default=2, help="RFT: epochs on expert + successes")
     group.add_argument("--rft-lr", type=float, default=None, help="tiny: 1e-3; a loaded model: 1e-5 (the paper's SFT lr)")
     group.add_argument("--self-play-demos", type=int, default=200,

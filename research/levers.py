@@ -30,7 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the stages live one folder up
 from common import InputError, read_jsonl, run_main, write_json, write_jsonl
-from loop import TINY_DEFAULTS, limit_flags, run_stage
+from loop import RECIPES, limit_flags, run_stage
 from report import behaviour, item_pair_counts
 
 # lever -> (exploration, pair level, DPO flags over the tiny model's defaults[, flags its control gets too])
@@ -104,8 +104,9 @@ def lever_rows(args, seed_run, seed, lever, iteration=1):
     else:
         source = ["--expert", expert, "--level", level]
     summary = run_stage("pairs.py", pairs, "--explored", explored, *source)
-    base = ["--lr", str(TINY_DEFAULTS["dpo_lr"]), "--beta", str(TINY_DEFAULTS["beta"]), "--epochs",
-            str(TINY_DEFAULTS["dpo_epochs"]), "--sft-weight", str(TINY_DEFAULTS["sft_weight"]), "--seed", str(seed)]
+    full = RECIPES["full"]  # the recipe these variants were measured against
+    base = ["--lr", str(full["dpo_lr"]), "--beta", str(full["beta"]), "--epochs",
+            str(full["dpo_epochs"]), "--sft-weight", str(full["sft_weight"]), "--seed", str(seed)]
     model = os.path.join(seed_run, "levers", name)
     run_stage("dpo.py", model, "--model", policy, "--pairs", pairs, *base, *flags, *shared)
     # the control: the same chosen turns, the same steps, NLL only

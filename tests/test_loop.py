@@ -9,10 +9,14 @@ import sys
 from tests.conftest import ROOT
 
 
-def test_loop_refuses_zero_processes_in_one_line(tmp_path):
+def test_loop_refuses_bad_counts_in_one_line(tmp_path):
     done = subprocess.run([sys.executable, "loop.py", "--run", str(tmp_path / "r"), "--procs", "0"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--procs must be at least 1, got 0" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run([sys.executable, "loop.py", "--run", str(tmp_path / "r"), "--explore-limit", "-5"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--explore-limit must be at least 0, got -5" in done.stderr
+    assert not (tmp_path / "r").exists()
 
 
 LOOP = [sys.executable, "loop.py", "--train-limit", "8", "--eval-limit", "2", "--sft-epochs", "1", "--iterations", "1",
@@ -77,13 +81,21 @@ def stage(commands, script, out):
 
 
 def test_the_stages_get_the_defaults_that_fit_the_model_and_a_given_flag_wins():
-    tiny = dry_run("--run", "r")
+    tiny = dry_run("--run", "r")  # the lecture recipe
     assert "--level divergence" in stage(tiny, "pairs.py", "r/iter1/pairs.jsonl")
-    assert " --sft-weight 1.0 --lr 0.0001 --beta 1.0 --epochs 2 " in stage(tiny, "dpo.py", "r/iter1/model")
+    assert " --epochs 6 --lr 0.003 --batch-size 8 " in stage(tiny, "sft.py", "r/sft")
+    assert " --samples 1 --limit 500 " in stage(tiny, "explore.py", "r/iter1/explore.jsonl")
+    assert " --sft-weight 1.0 --lr 0.0001 --beta 1.0 --epochs 1 --batch-size 8 " in stage(tiny, "dpo.py", "r/iter1/model")
+    full = dry_run("--run", "r", "--recipe", "full")
+    assert " --epochs 10 --lr 0.003 --batch-size 16 " in stage(full, "sft.py", "r/sft")
+    assert " --limit " not in stage(full, "explore.py", "r/iter1/explore.jsonl")  # every train task
+    assert " --sft-weight 1.0 --lr 0.0001 --beta 1.0 --epochs 2 --batch-size 32 " in stage(full, "dpo.py", "r/iter1/model")
+    assert " --limit 100 " in stage(dry_run("--run", "r", "--train-limit", "100"), "explore.py", "r/iter1/explore.jsonl")
     loaded = dry_run("--run", "r", "--model", "path/to/chat-model")  # the paper's settings
     assert "--level trajectory" in stage(loaded, "pairs.py", "r/iter1/pairs.jsonl")
-    assert " --sft-weight 0.0 --lr 1e-06 --beta 0.1 --epochs 3 " in stage(loaded, "dpo.py", "r/iter1/model")
+    assert " --sft-weight 0.0 --lr 1e-06 --beta 0.1 --epochs 3 --batch-size 32 " in stage(loaded, "dpo.py", "r/iter1/model")
     assert " --lr " not in stage(loaded, "sft.py", "r/sft")  # sft.py picks its lr by model
+    assert " --limit " not in stage(loaded, "explore.py", "r/iter1/explore.jsonl")
     given = dry_run("--run", "r", "--model", "path/to/chat-model", "--beta", "0.5", "--sft-lr", "2e-5")
     assert " --beta 0.5 " in stage(given, "dpo.py", "r/iter1/model") and " --lr 2e-05" in stage(given, "sft.py", "r/sft")
     # the control: the same steps on the same pairs, the preference term off

@@ -29,7 +29,7 @@ def test_distinct_successes_keep_one_per_task_and_action_sequence():
 def test_experiments_reject_an_unknown_method_in_one_line(tmp_path):
     done = subprocess.run([sys.executable, "research/experiments.py", "--run", str(tmp_path / "r"), "--methods", "sft,dpo"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "unknown method 'dpo'; valid methods: sft, eto, bon, rft, self-play" in done.stderr
+    assert done.returncode == 2 and "unknown method 'dpo'; valid methods: sft, eto, bon, rft, failure-sft, self-play" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "r").exists()
 
 
@@ -41,18 +41,24 @@ def test_self_play_without_demos_needs_a_chat_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_experiments_baselines_best_of_n_and_rft_write_their_rows(tmp_path):
-    command = [sys.executable, "research/experiments.py"] + ["--run", str(tmp_path / "run"), "--methods", "sft,bon,rft", "--train-limit", "8",
+def test_experiments_baselines_best_of_n_rft_and_failure_sft_write_their_rows(tmp_path):
+    command = [sys.executable, "research/experiments.py"] + ["--run", str(tmp_path / "run"), "--methods", "sft,bon,rft,failure-sft", "--train-limit", "8",
                           "--eval-limit", "2", "--sft-epochs", "1", "--max-steps", "2", "--bon-n", "2",
                           "--rft-samples", "2", "--rft-epochs", "1", "--seeds", "0"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = read_rows(tmp_path / "run")
-    assert {(r["stage"], r["split"]) for r in rows} == {(s, split) for s in ("sft", "best-of-2", "rft")
+    assert {(r["stage"], r["split"]) for r in rows} == {(s, split) for s in ("sft", "best-of-2", "rft", "failure-sft")
                                                         for split in ("test_seen", "test_unseen")}
     assert (tmp_path / "run" / "results.md").read_text().startswith("mean +- std (population std) over seeds 0")
     rft_data = json.loads((tmp_path / "run" / "seed0" / "rft" / "model" / "args.json").read_text())["args"]["data"]
     assert rft_data[0].endswith("expert.jsonl")
+    # failure-sft: RFT's own samples paired with the expert at the first differing action, then NLL only
+    seed_run = tmp_path / "run" / "seed0"
+    pairs_args = json.loads((seed_run / "failure-sft" / "pairs.jsonl.args.json").read_text())["args"]
+    assert (pairs_args["explored"], pairs_args["level"]) == ([str(seed_run / "rft" / "explore.jsonl")], "divergence")
+    trained = json.loads((seed_run / "failure-sft" / "model" / "args.json").read_text())["args"]
+    assert (trained["model"], trained["dpo_weight"], trained["sft_weight"]) == (str(seed_run / "sft"), 0.0, 1.0)
 
 
 @pytest.mark.slow
