@@ -124,16 +124,37 @@ def catalog():
     return {p.id: p for p in products}
 
 
+@lru_cache(maxsize=None)
+def title_index():
+    """{title word: ids of the catalog's products with that word in their title}, built once."""
+    index = {}
+    for product in catalog().values():
+        for word in set(product.title.split()):
+            index.setdefault(word, []).append(product.id)
+    return index
+
+
 def search(query, products=None):
     """Product ids ranked by query words found in the title, plus a deterministic jitter in [0, 1)."""
     words = set(re.findall(r"[a-z0-9\-]+", query.lower()))
-    scored = []
-    for product in (products or catalog()).values():
-        overlap = len(words & set(product.title.split()))
+    if products is None:  # the catalog: only products sharing a word can score (every task's search runs this)
+        products = catalog()
+        candidates = {pid for word in words for pid in title_index().get(word, ())}
+    else:
+        candidates = products
+    by_overlap = {}
+    for pid in candidates:
+        overlap = len(words & set(products[pid].title.split()))
         if overlap:
-            scored.append((overlap + stable_hash(query, product.id) % 1000 / 1000, product.id))
-    scored.sort(reverse=True)
-    return [pid for _, pid in scored[:MAX_RESULTS]]
+            by_overlap.setdefault(overlap, []).append(pid)
+    # the jitter is below 1, so more words found always ranks first: jitter only the levels the results reach
+    ranked = []
+    for overlap in sorted(by_overlap, reverse=True):
+        if len(ranked) >= MAX_RESULTS:
+            break
+        ranked += sorted(((overlap + stable_hash(query, pid) % 1000 / 1000, pid) for pid in by_overlap[overlap]),
+                         reverse=True)  # (score, id): a total order, whatever order the candidates came in
+    return [pid for _, pid in ranked[:MAX_RESULTS]]
 
 
 def satisfies(product, task):

@@ -1,8 +1,10 @@
 """The shop env: determinism, expert, reward formula, action handling, splits."""
+import re
+
 import pytest
 
 import envs
-from envs.shop import CATEGORIES, Product, Task, catalog, purchase_reward, search, tasks
+from envs.shop import CATEGORIES, MAX_RESULTS, Product, Task, catalog, purchase_reward, search, stable_hash, tasks
 
 ENV = envs.make("shop")
 
@@ -103,6 +105,19 @@ def test_search_ranks_matching_titles_first():
     top = catalog()[results[0]]
     assert top.category == "backpack" and {"waterproof", "leather"} <= set(top.attributes)
     assert len(results) == len(set(results)) <= 25
+
+
+def test_search_ranks_as_scoring_and_sorting_every_product_would():
+    def every_product_scored(query):  # the plain rule: score all, sort all (search scores only what can rank)
+        words = set(re.findall(r"[a-z0-9\-]+", query.lower()))
+        scored = [(len(words & set(p.title.split())) + stable_hash(query, p.id) % 1000 / 1000, p.id)
+                  for p in catalog().values() if words & set(p.title.split())]
+        return [pid for _, pid in sorted(scored, reverse=True)[:MAX_RESULTS]]
+    queries = [task.query for split in tasks().values() for task in split][:300]
+    queries += ["", "???", "waterproof", "Leather  BACKPACK under 30", "x-large red t-shirt"]
+    for query in queries:
+        assert search(query) == every_product_scored(query), query
+    assert search("waterproof", products=catalog()) == every_product_scored("waterproof")
 
 
 def test_navigation_pages():
