@@ -1,6 +1,6 @@
 """dpo.py against TRL's DPOTrainer on the same single-turn pairs and tiny model.
 
-    pip install trl datasets -c constraints.txt   # only for this benchmark; never a dependency of eto
+    pip install trl datasets "torch==2.13.0"       # only for this benchmark; never a dependency of eto
     python research/bench_trl.py                           # ~1 minute on 2 cores
     python research/bench_trl.py --pairs 512 --epochs 1
 
