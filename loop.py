@@ -1,6 +1,7 @@
 """The whole ETO loop as the shell commands a user would type, resumable, with an honest control.
 
-    python loop.py                                   # offline default: shop env, tiny model, CPU
+    python loop.py                                   # offline default: shop env, tiny model, CPU, lecture recipe
+    python loop.py --run runs/full --recipe full     # the recipe of the results tables (10 SFT epochs, ...)
     python loop.py --run runs/seed1 --seed 1 --iterations 3
     python loop.py --run runs/smol --model path/to/chat-model      # the paper's lr, beta, epochs, pairs
     python loop.py --run runs/paper --iterations 2 --later-beta 0.5 --later-dpo-lr 5e-7 --pair-level trajectory
@@ -43,8 +44,8 @@ class Launch:
 
 
 # The tiny model's recipes, both chosen on the shop env's dev split (docs/performance.md). "lecture", the
-# default, fits a lecture on 2 CPU cores: SFT in fewer epochs of smaller steps, half the train tasks
-# explored, one DPO epoch in smaller steps. "full" is the recipe docs/results.md's tables were measured with. A loaded
+# default, takes ~9 minutes on 2 AVX-512 cores: SFT in fewer epochs of smaller steps, half the train
+# tasks explored, one DPO epoch in smaller steps. "full" is the recipe docs/results.md's tables were measured with. A loaded
 # (pretrained chat) model takes the paper's DPO settings under either, and sft.py's SFT defaults for it.
 RECIPES = {
     "lecture": {"sft_epochs": 6, "sft_batch_size": 8, "sft_lr": 3e-3, "explore_limit": 500,
@@ -213,8 +214,8 @@ def add_loop_flags(parser):
     parser.add_argument("--env", default="shop", help="shop, scienceworld, household (see envs/)")
     parser.add_argument("--model", default="tiny", help="'tiny' (built offline) or a HF chat-model folder or .gguf file")
     parser.add_argument("--recipe", default="lecture", choices=tuple(RECIPES),
-                        help="the tiny model's settings below, where a flag leaves them unset: lecture (fits a lecture "
-                             "on 2 CPU cores) or full (the recipe of docs/results.md's tables)")
+                        help="the tiny model's settings below, where a flag leaves them unset: lecture (~9 min on 2 "
+                             "AVX-512 cores) or full (~15 min: the recipe of docs/results.md's tables)")
     parser.add_argument("--iterations", type=int, default=1, help="explore -> pairs -> DPO rounds (the paper: 2)")
     parser.add_argument("--seed", type=int, default=0, help="passed to every stage")
     parser.add_argument("--no-control", action="store_true", help="skip the sft-continued control")
