@@ -13,9 +13,9 @@ and test_unseen. Beside it runs the control "sft-continued": the same chosen tra
 number of steps, NLL only (`dpo.py --dpo-weight 0 --sft-weight 1`), so a gain that more training on
 expert data alone would give is not credited to the failures.
 
-Every command is printed before it runs. A stage whose outputs exist is skipped (`run_stage`): every
-stage writes its outputs by rename, so a killed stage leaves nothing that looks complete. Skipping
-looks at the files, not the flags: for new settings, use a new --run folder. Results go to
+Every command is printed before it runs. A stage whose outputs exist is skipped (`run_stage`, in
+plumbing/launch.py): every stage writes its outputs by rename, so a killed stage leaves nothing that
+looks complete. Skipping looks at the files, not the flags: for new settings, use a new --run folder. Results go to
 RUN/results.jsonl (one line per model and split), the table is printed at the end, and report.py
 writes RUN/report.html: what each model does and what the pairs moved. Baselines,
 seeds, tables and the plot are experiments built on this loop: see research/experiments.py.
@@ -23,30 +23,19 @@ seeds, tables and the plot are experiments built on this loop: see research/expe
 import argparse
 import json
 import os
-import shlex
-import subprocess
-import sys
 import time
 
 from common import HelpFormatter, InputError, run_main, write_json, write_jsonl
+from plumbing.launch import Launch, launch_words, run_command, run_stage
 
 SPLITS = ("test_seen", "test_unseen")
 PAIR_LEVELS = ("trajectory", "divergence", "step", "mixture")
-MODEL_STAGES = ("sft.py", "dpo.py")  # these write a save_pretrained folder; the others a JSONL file
-TORCH_STAGES = ("explore.py", "sft.py", "dpo.py")  # with --procs N, these run under torchrun
-HERE = os.path.dirname(os.path.abspath(__file__))  # the stages sit beside this file, wherever the loop runs from
-
-
-class Launch:
-    """How stages are launched, set once from the flags."""
-    procs = 1        # --procs: the torch stages run under torchrun with this many processes
-    dry_run = False  # --dry-run: print every command, run none
-
 
 # The tiny model's recipes, both chosen on the shop env's dev split (docs/performance.md). "lecture", the
 # default, takes ~9 minutes on 2 AVX-512 cores: SFT in fewer epochs of smaller steps, half the train
-# tasks explored, one DPO epoch in smaller steps. "full" is the recipe docs/results.md's tables were measured with. A loaded
-# (pretrained chat) model takes the paper's DPO settings under either, and sft.py's SFT defaults for it.
+# tasks explored, one DPO epoch in smaller steps. "full" is the recipe docs/results.md's tables were
+# measured with. A loaded (pretrained chat) model takes the paper's DPO settings under either, and
+# sft.py's SFT defaults for it.
 RECIPES = {
     "lecture": {"sft_epochs": 6, "sft_batch_size": 8, "sft_lr": 3e-3, "explore_limit": 500,
                 "pair_level": "divergence", "dpo_lr": 1e-4, "beta": 1.0, "dpo_epochs": 1, "dpo_batch_size": 8,
@@ -57,46 +46,6 @@ RECIPES = {
 }
 PAPER_DEFAULTS = {"explore_limit": 0, "pair_level": "trajectory", "dpo_lr": 1e-6, "beta": 0.1, "dpo_epochs": 3,
                   "dpo_batch_size": 32, "sft_weight": 0.0}
-
-
-def run_stage(script, out, *flags):
-    """Run `python SCRIPT FLAGS --out OUT` unless it is done; return its summary. A stage is done when
-    its summary file exists: every stage writes it last (a model folder's args.json arrives with the
-    folder, by rename), so a killed stage leaves nothing that looks done."""
-    summary_file = os.path.join(out, "args.json") if script in MODEL_STAGES else out + ".args.json"
-    if Launch.dry_run:
-        print(f"$ {launch_words(script, *flags, '--out', out)[1]}", flush=True)
-        return None
-    if os.path.exists(summary_file):
-        print(f"[done] {launch_words(script, *flags, '--out', out)[1]}", flush=True)
-    else:
-        run_command(script, *flags, "--out", out)
-    with open(summary_file) as f:
-        return json.load(f)["summary"]
-
-
-def run_command(script, *flags):
-    """Print `python SCRIPT FLAGS` and run it (a torch stage under torchrun with --procs); a failure stops
-    the loop with the stage's exit status."""
-    launcher, shown = launch_words(script, *flags)
-    print(f"$ {shown}", flush=True)
-    finished = subprocess.run([*launcher, os.path.join(HERE, script), *flags])
-    if finished.returncode != 0:
-        print(f"error: stage failed with exit status {finished.returncode}: {shown}", file=sys.stderr)
-        sys.exit(finished.returncode)
-
-
-def launch_words(script, *flags):
-    """(the launcher's argv before the script, the command as a user would type it from the repo root)."""
-    launcher, shown = [sys.executable], shell_words("python", script, *flags)
-    if Launch.procs > 1 and script in TORCH_STAGES:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={Launch.procs}"]
-        shown = shell_words("torchrun", "--standalone", f"--nproc-per-node={Launch.procs}", script, *flags)
-    return launcher, shown
-
-
-def shell_words(*words):
-    return " ".join(shlex.quote(word) for word in words)
 
 
 def evaluate(args, run, name, model_dir, seed, *flags):
