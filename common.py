@@ -314,6 +314,8 @@ def micro_batches(items, size, token_budget=None, length=len):
 
 def check_batch_sizes(batch_size, micro_batch_size):
     """--batch-size and --micro-batch-size (sft.py, dpo.py): one line for values that cannot split a step."""
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if micro_batch_size < 1:
         raise InputError(f"--micro-batch-size must be at least 1, got {micro_batch_size}")
     if batch_size > micro_batch_size and batch_size % micro_batch_size:  # a smaller batch is one pass

@@ -224,6 +224,8 @@ def test_a_zero_micro_batch_is_one_line_not_a_division_by_zero(tmp_path, monkeyp
     tiny_model_and_pairs(tmp_path)
     with pytest.raises(InputError, match="--micro-batch-size must be at least 1, got 0"):
         run_dpo(tmp_path, monkeypatch, "--micro-batch-size", "0")
+    with pytest.raises(InputError, match="--batch-size must be at least 1, got 0"):
+        run_dpo(tmp_path, monkeypatch, "--batch-size", "0")
     assert not (tmp_path / "out").exists()
 
 
