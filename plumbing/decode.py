@@ -10,12 +10,14 @@ conversation whose tokens start with exactly the tokens cached for a row of the 
 new tokens (the reply's end, the observation, the next generation prompt). Anything else (a new batch,
 a reply that re-tokenizes differently) starts the cache afresh, so the model always sees the re-encoded
 conversation's tokens. Rows left-pad each chunk they add; padding stays in the cache as masked holes,
-and positions count real tokens only.
+and positions count real tokens only. The cache's keys and values live in buffers with room to spare
+(`GrowingCache`), so a new token is written in place instead of copying the whole cache each step.
 """
 import inspect
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
 
 from common import end_of_turn_token
 
@@ -76,6 +78,47 @@ class ChatPolicy:
         return out
 
 
+class GrowingLayer(DynamicLayer):
+    """One layer's keys and values, [batch, heads, length, head_dim], as views of buffers with spare room.
+
+    transformers' DynamicLayer concatenates every step: each new token copies the whole cache, which cost
+    about as much as attention in a profile of the tiny model's rollouts. Here a token is written into
+    the buffer and the buffer doubles when full, so a step copies only what it adds. The values the
+    model reads are the same (tests/test_explore.py holds the trajectories equal)."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self.key_buffer = self.value_buffer = None
+        length, added = self.get_seq_length(), key_states.shape[-2]
+        if self.key_buffer is None or length + added > self.key_buffer.shape[-2]:
+            batch, heads, _, head_dim = key_states.shape
+            room = max(2 * (length + added), 256)
+            self.key_buffer = key_states.new_empty(batch, heads, room, head_dim)
+            self.value_buffer = value_states.new_empty(batch, heads, room, head_dim)
+            if length:
+                self.key_buffer[:, :, :length] = self.keys
+                self.value_buffer[:, :, :length] = self.values
+        self.key_buffer[:, :, length:length + added] = key_states
+        self.value_buffer[:, :, length:length + added] = value_states
+        self.keys = self.key_buffer[:, :, :length + added]
+        self.values = self.value_buffer[:, :, :length + added]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices):
+        """Keep only these rows: a copy of what is cached; the next update gives it room again."""
+        if self.get_seq_length() > 0:
+            self.keys, self.values = self.keys[indices], self.values[indices]
+            self.key_buffer = self.value_buffer = None
+
+
+class GrowingCache(DynamicCache):
+    """A DynamicCache whose layers are GrowingLayers (one is added per model layer on first use)."""
+
+    def __init__(self):
+        Cache.__init__(self, layer_class_to_replicate=GrowingLayer)
+
+
 class KVCacheDecoder:
     """decoder(prompts) -> one list of new token ids per prompt (token-id lists), as plain_decode returns."""
 
@@ -104,7 +147,7 @@ class KVCacheDecoder:
         model, device, batch = self.model, self.model.device, len(prompts)
         keep = self.continued_rows(prompts) if self.reuse_cache and self.cache is not None else None
         if keep is None:
-            rows, cache, mask = [[] for _ in prompts], DynamicCache(), torch.zeros(batch, 0, dtype=torch.long, device=device)
+            rows, cache, mask = [[] for _ in prompts], GrowingCache(), torch.zeros(batch, 0, dtype=torch.long, device=device)
         else:
             index = torch.tensor(keep, device=device)
             rows, cache, mask = [list(self.rows[j]) for j in keep], self.cache, self.mask[index]

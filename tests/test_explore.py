@@ -327,3 +327,21 @@ def test_step_level_rollouts_replay_the_expert_prefix_then_the_agent_acts():
     for task_id, turn in asked:
         first_turn[task_id] = min(turn, first_turn.get(task_id, turn))
     assert first_turn == {t: len(prefixes[t]) for t in task_ids}
+
+
+def test_the_growing_cache_holds_what_concatenation_holds():
+    """GrowingLayer writes into buffers that double when full; what it returns must be what
+    transformers' concatenating DynamicLayer returns, through regrowth and a batch selection."""
+    from transformers.cache_utils import DynamicLayer
+
+    from plumbing.decode import GrowingLayer
+    torch.manual_seed(0)
+    growing, concatenating, rows = GrowingLayer(), DynamicLayer(), 3
+    for step, added in enumerate([300, 1, 1, 200, 1, 400, 1]):  # 300 fits the first room (600); 400 regrows it
+        if step == 4:  # a call that continues rows 2 and 0 only
+            keep, rows = torch.tensor([2, 0]), 2
+            growing.batch_select_indices(keep), concatenating.batch_select_indices(keep)
+        keys, values = torch.randn(rows, 2, added, 4), torch.randn(rows, 2, added, 4)
+        got, expected = growing.update(keys, values), concatenating.update(keys, values)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        assert growing.get_seq_length() == concatenating.get_seq_length()

