@@ -28,7 +28,7 @@ import time
 from common import HelpFormatter, InputError, run_main, write_json, write_jsonl
 from plumbing.launch import Launch, launch_words, run_command, run_stage
 
-SPLITS = ("test_seen", "test_unseen")
+SPLITS = ("dev", "test_seen", "test_unseen")  # what --eval-splits may name: choose settings on dev, report the tests
 PAIR_LEVELS = ("trajectory", "divergence", "step", "mixture")
 
 # The tiny model's recipes, both chosen on the shop env's dev split (docs/performance.md). "lecture", the
@@ -49,9 +49,9 @@ PAPER_DEFAULTS = {"explore_limit": 0, "pair_level": "trajectory", "dpo_lr": 1e-6
 
 
 def evaluate(args, run, name, model_dir, seed, *flags):
-    """Greedy rollouts of a model on both test splits; one result row per split."""
+    """Greedy rollouts of a model on each --eval-splits split; one result row per split."""
     rows = []
-    for split in SPLITS:
+    for split in args.eval_splits:
         summary = run_stage("explore.py", os.path.join(run, "eval", f"{name}.{split}.jsonl"), "--env", args.env,
                             "--split", split, "--model", model_dir, *limit_flags(args.eval_limit),
                             *rollout_flags(args, seed), *flags)
@@ -100,7 +100,7 @@ def eto_loop(args, run, seed):
         if value is not None:  # None: sft.py's default for the model
             sft_flags += [flag, str(value)]
     run_stage("sft.py", sft, "--model", args.model, "--data", expert, *sft_flags)
-    for split in SPLITS:  # the expert on the test tasks: the ceiling, and the path the report compares failures to
+    for split in args.eval_splits:  # the expert on the same tasks: the ceiling, and the path failures are compared to
         run_stage("explore.py", os.path.join(run, "eval", f"expert.{split}.jsonl"), "--env", args.env, "--split", split,
                   "--expert", *limit_flags(args.eval_limit))
     rows = evaluate(args, run, "sft", sft, seed)
@@ -146,11 +146,12 @@ def eto_loop(args, run, seed):
 
 def format_table(rows):
     stages = list(dict.fromkeys(row["stage"] for row in rows))
+    splits = [split for split in SPLITS if any(row["split"] == split for row in rows)]
     by_key = {(row["stage"], row["split"]): row for row in rows}
-    lines = [f"{'model':<18}" + "".join(f"{split + ' reward':>20}{'success':>10}" for split in SPLITS)]
+    lines = [f"{'model':<18}" + "".join(f"{split + ' reward':>20}{'success':>10}" for split in splits)]
     for stage in stages:
         cells = ""
-        for split in SPLITS:
+        for split in splits:
             row = by_key.get((stage, split))
             cells += f"{row['avg_reward']:>20.1f}{row['success_rate']:>10.1f}" if row else f"{'-':>20}{'-':>10}"
         lines.append(f"{stage:<18}{cells}")
@@ -169,7 +170,10 @@ def add_loop_flags(parser):
     parser.add_argument("--seed", type=int, default=0, help="passed to every stage")
     parser.add_argument("--no-control", action="store_true", help="skip the sft-continued control")
     parser.add_argument("--train-limit", type=int, default=None, help="train tasks used (None: all)")
-    parser.add_argument("--eval-limit", type=int, default=None, help="test tasks per split (None: all)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="tasks per evaluation split (None: all)")
+    parser.add_argument("--eval-splits", default="test_seen,test_unseen", type=lambda text: text.split(","),
+                        help="comma list of the splits every model is evaluated on: dev to choose settings, "
+                             "test_seen and test_unseen to report them")
     parser.add_argument("--max-steps", type=int, default=None, help="actions per episode (None: the env's)")
     parser.add_argument("--autocast", default="none", choices=("none", "bf16"),
                         help="training matmuls in bf16 (sft.py/dpo.py --autocast); see docs/performance.md")
@@ -215,6 +219,9 @@ def fill_model_defaults(args):
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    unknown = [split for split in args.eval_splits if split not in SPLITS]
+    if unknown or not args.eval_splits:
+        raise InputError(f"--eval-splits: unknown split {unknown[0] if unknown else ''!r}; valid: {', '.join(SPLITS)}")
     for flag in ("train_limit", "eval_limit", "explore_limit"):  # 0: all tasks
         if getattr(args, flag) is not None and getattr(args, flag) < 0:
             raise InputError(f"--{flag.replace('_', '-')} must be at least 0, got {getattr(args, flag)}")

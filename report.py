@@ -27,7 +27,7 @@ from common import InputError, read_jsonl, run_main, sequence_logps, tokenize_co
 from explore import parse_action
 from pairs import first_differing_action
 
-SPLITS = ("test_seen", "test_unseen")
+SPLITS = ("dev", "test_seen", "test_unseen")  # the evaluation splits, in the order tables list them
 TURNS_SHOWN = 6  # turns of the per-turn action table
 PAIRS_PER_KIND = 2
 
@@ -64,16 +64,23 @@ def shown_action(action):
 
 
 # ---- tables and the plot ---------------------------------------------------------------------------
+def splits_in(rows):
+    """The evaluation splits the result rows hold, in SPLITS order (loop.py --eval-splits chooses them)."""
+    present = {row["split"] for row in rows}
+    return [split for split in SPLITS if split in present]
+
+
 def mean_std_table(rows):
     """A markdown table: mean +- std over seeds of avg reward and success, per stage and split."""
+    splits = splits_in(rows)
     stages = list(dict.fromkeys(row["stage"] for row in rows))
     seeds = sorted({row["seed"] for row in rows})
     lines = [f"mean +- std (population std) over seeds {', '.join(map(str, seeds))}", "",
-             "| model | " + " | ".join(f"{split} reward | {split} success" for split in SPLITS) + " |",
-             "|---|" + "---|---|" * len(SPLITS)]
+             "| model | " + " | ".join(f"{split} reward | {split} success" for split in splits) + " |",
+             "|---|" + "---|---|" * len(splits)]
     for stage in stages:
         cells = []
-        for split in SPLITS:
+        for split in splits:
             for field in ("avg_reward", "success_rate"):
                 values = [row[field] for row in rows if row["stage"] == stage and row["split"] == split]
                 cells.append(f"{statistics.mean(values):.1f} +- {statistics.pstdev(values):.1f}" if values else "-")
@@ -99,7 +106,7 @@ def plot_point(stage):
 
 
 def plot_results(rows, path):
-    """A PNG of avg reward (mean +- std over seeds) per training round per method, one panel per test split."""
+    """A PNG of avg reward (mean +- std over seeds) per training round per method, one panel per evaluation split."""
     import matplotlib
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
@@ -107,8 +114,9 @@ def plot_results(rows, path):
     for row in rows:
         for series, round_ in plot_point(row["stage"]):
             points.setdefault((row["split"], series), {}).setdefault(round_, []).append(row["avg_reward"])
-    figure, axes = plt.subplots(1, len(SPLITS), figsize=(10, 4), sharey=True)
-    for axis, split in zip(axes, SPLITS):
+    splits = splits_in(rows)
+    figure, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4), sharey=True, squeeze=False)
+    for axis, split in zip(axes[0], splits):
         for (point_split, series), by_round in points.items():
             if point_split != split or (len(by_round) == 1 and series in ("ETO", "SFT continued (control)", "RFT")):
                 continue  # the SFT point alone is not a line of its own
@@ -118,9 +126,9 @@ def plot_results(rows, path):
         axis.set_title(split)
         axis.set_xlabel("training rounds after the start model")
         axis.xaxis.get_major_locator().set_params(integer=True)
-    axes[0].set_ylabel("avg reward (x100), mean +- std over seeds")
-    if any(axis.get_legend_handles_labels()[0] for axis in axes):
-        axes[-1].legend(fontsize=8)
+    axes[0][0].set_ylabel("avg reward (x100), mean +- std over seeds")
+    if any(axis.get_legend_handles_labels()[0] for axis in axes[0]):
+        axes[0][-1].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path + ".tmp.png", dpi=80)
     plt.close(figure)
@@ -253,22 +261,22 @@ def html_table(header, rows):
 
 def results_section(rows, experts, png):
     """The results table (the expert's ceiling first) and the plot, inline."""
-    seeds = sorted({row["seed"] for row in rows})
+    seeds, splits = sorted({row["seed"] for row in rows}), splits_in(rows)
 
     def cell(values):
         return f"{statistics.mean(values):.1f}" + (f" ± {statistics.pstdev(values):.1f}" if len(values) > 1 else "")
     table = []
     if experts:
-        table.append(["expert (ceiling)"] + [x for s in SPLITS for x in (
+        table.append(["expert (ceiling)"] + [x for s in splits for x in (
             (cell([experts[s]["avg_reward"]]), cell([experts[s]["success"]])) if s in experts else ("-", "-"))])
     for stage in dict.fromkeys(row["stage"] for row in rows):
         cells = [esc(stage)]
-        for split in SPLITS:
+        for split in splits:
             for field in ("avg_reward", "success_rate"):
                 values = [r[field] for r in rows if r["stage"] == stage and r["split"] == split]
                 cells.append(cell(values) if values else "-")
         table.append(cells)
-    header = ["model"] + [f"{s} {what}" for s in SPLITS for what in ("reward", "success %")]
+    header = ["model"] + [f"{s} {what}" for s in splits for what in ("reward", "success %")]
     note = (f"Mean ± population std over seeds {', '.join(map(str, seeds))}." if len(seeds) > 1 else f"Seed {seeds[0]}.")
     with open(png, "rb") as f:
         image = base64.b64encode(f.read()).decode()

@@ -16,6 +16,9 @@ def test_loop_refuses_bad_counts_in_one_line(tmp_path):
     done = subprocess.run([sys.executable, "loop.py", "--run", str(tmp_path / "r"), "--explore-limit", "-5"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--explore-limit must be at least 0, got -5" in done.stderr
+    done = subprocess.run([sys.executable, "loop.py", "--run", str(tmp_path / "r"), "--eval-splits", "dev,tests"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--eval-splits: unknown split 'tests'; valid: dev, test_seen, test_unseen" in done.stderr
     assert not (tmp_path / "r").exists()
 
 
@@ -98,6 +101,12 @@ def test_the_stages_get_the_defaults_that_fit_the_model_and_a_given_flag_wins():
     assert " --limit " not in stage(loaded, "explore.py", "r/iter1/explore.jsonl")
     given = dry_run("--run", "r", "--model", "path/to/chat-model", "--beta", "0.5", "--sft-lr", "2e-5")
     assert " --beta 0.5 " in stage(given, "dpo.py", "r/iter1/model") and " --lr 2e-05" in stage(given, "sft.py", "r/sft")
+    evaluations = [c for c in dry_run("--run", "r", "--eval-splits", "dev") if " --split train " not in c]
+    assert [c for c in evaluations if c.startswith("python explore.py")] == [  # the expert, then each model, on dev only
+        "python explore.py --env shop --split dev --expert --out r/eval/expert.dev.jsonl",
+        "python explore.py --env shop --split dev --model r/sft --seed 0 --out r/eval/sft.dev.jsonl",
+        "python explore.py --env shop --split dev --model r/iter1/model --seed 0 --out r/eval/eto-1.dev.jsonl",
+        "python explore.py --env shop --split dev --model r/iter1/control --seed 0 --out r/eval/sft-continued-1.dev.jsonl"]
     # the control: the same steps on the same pairs, the preference term off
     control = stage(tiny, "dpo.py", "r/iter1/control")
     assert control.startswith("python dpo.py --model r/sft --pairs r/iter1/pairs.jsonl --dpo-weight 0 --sft-weight 1 ")

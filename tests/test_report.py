@@ -210,6 +210,8 @@ def test_plot_has_a_line_per_method_and_a_panel_per_split(tmp_path):
             for split in ("test_seen", "test_unseen")]
     path = plot_results(rows, str(tmp_path / "results.png"))
     assert path and (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    dev_rows = [{**row, "split": "dev"} for row in rows if row["split"] == "test_seen"]  # one panel: loop.py --eval-splits dev
+    assert plot_results(dev_rows, str(tmp_path / "dev.png")) and (tmp_path / "dev.png").exists()
     assert not list(tmp_path.glob("*.tmp*"))
 
 
@@ -220,3 +222,5 @@ def test_mean_std_table_over_seeds():
     table = mean_std_table(rows)
     assert table.startswith("mean +- std (population std) over seeds 0, 1")
     assert "| sft | 55.0 +- 5.0 | 20.0 +- 10.0 | 55.0 +- 5.0 | 20.0 +- 10.0 |" in table
+    dev_only = mean_std_table([{**row, "split": "dev"} for row in rows if row["split"] == "test_seen"])
+    assert "| model | dev reward | dev success |" in dev_only and "| sft | 55.0 +- 5.0 | 20.0 +- 10.0 |" in dev_only
