@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 15 on a GPU host (16 cores, one GPU), both halves side by side:
+# On a GPU host (16 cores, one GPU), both halves side by side:
 #  - the household loop (`loop.py --env household`, its defaults) on seeds 0, 1, 2, training on the GPU;
 #  - the rest of ScienceWorld's gold-path replay (the train split), SHARDS processes on the CPU cores,
 #    each starting from the committed table; their rows are merged into LOGS/scienceworld_gold.tsv.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 16 on a GPU host (16 cores, one GPU): the lever `eto` on shop:instruction over 3 seeds, for the
+# On a GPU host (16 cores, one GPU): the lever `eto` on shop:instruction over 3 seeds, for the
 # tiny model (2M parameters, its rollouts on CPU) and a wider one (384 wide, 6 layers: ~11M, SFT lr 1e-3:
 # at the tiny model's 3e-3 it does not train; rollouts on the GPU), all six runs side by side, each its
 # own `levers.py --run`. One expert file serves them all.

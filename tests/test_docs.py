@@ -48,7 +48,7 @@ HISTORY = [r"\bsessions?\b", r"\bissue \d+", r"\blever \d", r"\bprobe\b", r"\.\.
 
 
 @pytest.mark.parametrize("path", ["README.md", "docs/*.md", "research/README.md", "*.py", "plumbing/*.py",
-                                  "research/*.py", "envs/*.py", "exercises/*.py",
+                                  "research/*.py", "research/*.sh", "envs/*.py", "exercises/*.py",
                                   "exercises/README.md"])
 def test_the_docs_and_docstrings_speak_of_the_software_not_its_history(path):
     for name in glob.glob(os.path.join(ROOT, path)):
