@@ -32,7 +32,7 @@ SPLITS = ("dev", "test_seen", "test_unseen")  # what --eval-splits may name: cho
 PAIR_LEVELS = ("trajectory", "divergence", "step", "mixture")
 
 # The tiny model's recipes, both chosen on the shop env's dev split (docs/performance.md). "lecture", the
-# default, takes ~9 minutes on 2 AVX-512 cores: SFT in fewer epochs of smaller steps, half the train
+# default, takes ~8 minutes on 2 AVX-512 cores: SFT in fewer epochs of smaller steps, half the train
 # tasks explored, one DPO epoch in smaller steps. "full" is the recipe docs/results.md's tables were
 # measured with. A loaded (pretrained chat) model takes the paper's DPO settings under either, and
 # sft.py's SFT defaults for it.
@@ -164,7 +164,7 @@ def add_loop_flags(parser):
     parser.add_argument("--env", default="shop", help="shop, scienceworld, household (see envs/)")
     parser.add_argument("--model", default="tiny", help="'tiny' (built offline) or a HF chat-model folder or .gguf file")
     parser.add_argument("--recipe", default="lecture", choices=tuple(RECIPES),
-                        help="the tiny model's settings below, where a flag leaves them unset: lecture (~9 min on 2 "
+                        help="the tiny model's settings below, where a flag leaves them unset: lecture (~8 min on 2 "
                              "AVX-512 cores) or full (~15 min: the recipe of docs/results.md's tables)")
     parser.add_argument("--iterations", type=int, default=1, help="explore -> pairs -> DPO rounds (the paper: 2)")
     parser.add_argument("--seed", type=int, default=0, help="passed to every stage")
