@@ -169,7 +169,7 @@ def check_arguments(args):
     """Every flag that can be wrong is refused before a model loads: one line each, naming the flag."""
     for flag, value, least in (("--samples", args.samples, 1), ("--batch-size", args.batch_size, 1),
                                ("--limit", args.limit, 1), ("--skip", args.skip, 0),
-                               ("--max-invalid", args.max_invalid, 0)):
+                               ("--max-invalid", args.max_invalid, 0), ("--max-steps", args.max_steps, 1)):
         if value is not None and value < least:
             raise InputError(f"{flag} must be at least {least}, got {value}")
     if args.temperature == 0 and args.samples > 1:

@@ -26,40 +26,41 @@ import os
 import time
 
 from common import HelpFormatter, InputError, run_main, write_json, write_jsonl
-from plumbing.launch import Launch, launch_words, run_command, run_stage
+from plumbing.launch import Launch, launch_words, run_command, run_stage, run_stages
 
 SPLITS = ("dev", "test_seen", "test_unseen")  # what --eval-splits may name: choose settings on dev, report the tests
 PAIR_LEVELS = ("trajectory", "divergence", "step", "mixture")
 
 # The tiny model's recipes, both chosen on the shop env's dev split (docs/performance.md). "lecture", the
-# default, takes ~8 minutes on 2 AVX-512 cores: SFT in fewer epochs of smaller steps, half the train
-# tasks explored, one DPO epoch in smaller steps. "full" is the recipe docs/results.md's tables were
-# measured with. A loaded (pretrained chat) model takes the paper's DPO settings under either, and
-# sft.py's SFT defaults for it.
+# default, takes ~5 minutes on 2 AVX-512 cores: a 2-layer model (the full recipe's has 4) trained for 8
+# epochs of smaller steps, half the train tasks explored, one DPO epoch in smaller steps, and independent
+# stages two at a time. "full" is the recipe docs/results.md's tables were measured with, one stage at a
+# time. A loaded (pretrained chat) model takes the paper's DPO settings under either, and sft.py's SFT
+# defaults for it.
 RECIPES = {
-    "lecture": {"sft_epochs": 6, "sft_batch_size": 8, "sft_lr": 3e-3, "explore_limit": 500,
+    "lecture": {"tiny_layers": 2, "sft_epochs": 8, "sft_batch_size": 8, "sft_lr": 3e-3, "explore_limit": 500,
                 "pair_level": "divergence", "dpo_lr": 1e-4, "beta": 1.0, "dpo_epochs": 1, "dpo_batch_size": 8,
-                "sft_weight": 1.0},
-    "full": {"sft_epochs": 10, "sft_batch_size": 16, "sft_lr": 3e-3, "explore_limit": 0,
+                "sft_weight": 1.0, "rollout_batch_size": 200, "jobs": 2},
+    "full": {"tiny_layers": 4, "sft_epochs": 10, "sft_batch_size": 16, "sft_lr": 3e-3, "explore_limit": 0,
              "pair_level": "divergence", "dpo_lr": 1e-4, "beta": 1.0, "dpo_epochs": 2, "dpo_batch_size": 32,
-             "sft_weight": 1.0},
+             "sft_weight": 1.0, "rollout_batch_size": 200, "jobs": 1},
 }
 PAPER_DEFAULTS = {"explore_limit": 0, "pair_level": "trajectory", "dpo_lr": 1e-6, "beta": 0.1, "dpo_epochs": 3,
-                  "dpo_batch_size": 32, "sft_weight": 0.0}
+                  "dpo_batch_size": 32, "sft_weight": 0.0, "jobs": 1}
 
 
 def evaluate(args, run, name, model_dir, seed, *flags):
-    """Greedy rollouts of a model on each --eval-splits split; one result row per split."""
-    rows = []
-    for split in args.eval_splits:
-        summary = run_stage("explore.py", os.path.join(run, "eval", f"{name}.{split}.jsonl"), "--env", args.env,
-                            "--split", split, "--model", model_dir, *limit_flags(args.eval_limit),
-                            *rollout_flags(args, seed), *flags)
-        if summary is None:  # --dry-run
-            continue
-        rows.append({"stage": name, "split": split, "avg_reward": summary["avg_reward"],
-                     "success_rate": summary["success_rate"], "n": summary["n"], "model": model_dir, "seed": seed})
-    return rows
+    """Rollouts of a model on each --eval-splits split, side by side (--jobs); one result row per split.
+    Greedy ones take the recipe's --rollout-batch-size; sampled ones (flags) explore.py's, since a sample
+    depends on the batch it was drawn in."""
+    outs = [os.path.join(run, "eval", f"{name}.{split}.jsonl") for split in args.eval_splits]
+    summaries = run_stages([("explore.py", out, ["--env", args.env, "--split", split, "--model", model_dir,
+                                                 *limit_flags(args.eval_limit), *rollout_flags(args, seed),
+                                                 *(flags or batch_flags(args))])
+                            for split, out in zip(args.eval_splits, outs)])
+    return [{"stage": name, "split": split, "avg_reward": summary["avg_reward"], "success_rate": summary["success_rate"],
+             "n": summary["n"], "model": model_dir, "seed": seed}
+            for split, summary in zip(args.eval_splits, summaries) if summary is not None]  # None: --dry-run
 
 
 def limit_flags(limit):
@@ -74,6 +75,11 @@ def explored_tasks(args):
 
 def rollout_flags(args, seed):
     return ["--seed", str(seed)] + (["--max-steps", str(args.max_steps)] if args.max_steps else [])
+
+
+def batch_flags(args):
+    """explore.py --batch-size for the loop's greedy rollouts (None: explore.py's default)."""
+    return ["--batch-size", str(args.rollout_batch_size)] if args.rollout_batch_size else []
 
 
 def dpo_flags(args, iteration, seed):
@@ -96,13 +102,15 @@ def eto_loop(args, run, seed):
     run_stage("explore.py", expert, "--env", args.env, "--split", "train", "--expert", *limit_flags(args.train_limit))
     sft = os.path.join(run, "sft")
     sft_flags = ["--seed", str(seed), "--autocast", args.autocast]
-    for flag, value in (("--epochs", args.sft_epochs), ("--lr", args.sft_lr), ("--batch-size", args.sft_batch_size)):
+    for flag, value in (("--tiny-layers", args.tiny_layers), ("--epochs", args.sft_epochs), ("--lr", args.sft_lr),
+                        ("--batch-size", args.sft_batch_size)):
         if value is not None:  # None: sft.py's default for the model
             sft_flags += [flag, str(value)]
     run_stage("sft.py", sft, "--model", args.model, "--data", expert, *sft_flags)
-    for split in args.eval_splits:  # the expert on the same tasks: the ceiling, and the path failures are compared to
-        run_stage("explore.py", os.path.join(run, "eval", f"expert.{split}.jsonl"), "--env", args.env, "--split", split,
-                  "--expert", *limit_flags(args.eval_limit))
+    # the expert on the same tasks: the ceiling, and the path failures are compared to
+    run_stages([("explore.py", os.path.join(run, "eval", f"expert.{split}.jsonl"),
+                 ["--env", args.env, "--split", split, "--expert", *limit_flags(args.eval_limit)])
+                for split in args.eval_splits])
     rows = evaluate(args, run, "sft", sft, seed)
 
     # 2-5. each iteration: explore with the current policy, pair failures with the expert, DPO from the
@@ -112,7 +120,7 @@ def eto_loop(args, run, seed):
         folder = os.path.join(run, f"iter{iteration}")
         explore_flags = ["--env", args.env, "--split", "train", "--model", policy, "--temperature",
                          str(args.temperature), "--samples", str(args.samples), *limit_flags(explored_tasks(args)),
-                         *rollout_flags(args, seed)]
+                         *rollout_flags(args, seed), *batch_flags(args)]
         explored = []
         if args.pair_level != "step":
             explored.append(os.path.join(folder, "explore.jsonl"))
@@ -130,15 +138,17 @@ def eto_loop(args, run, seed):
         if summary["pairs"] == 0:
             print("no pairs: the policy matches the expert on every train task; stopping", flush=True)
             break
-        eto = os.path.join(folder, "model")
-        run_stage("dpo.py", eto, "--model", policy, "--pairs", pairs, "--sft-weight", str(args.sft_weight),
-                  *dpo_flags(args, iteration, seed))
+        # DPO from the current policy, and beside it (--jobs) the control: NLL on the same chosen side
+        eto, control_out = os.path.join(folder, "model"), os.path.join(folder, "control")
+        trainings = [("dpo.py", eto, ["--model", policy, "--pairs", pairs, "--sft-weight", str(args.sft_weight),
+                                      *dpo_flags(args, iteration, seed)])]
+        if not args.no_control:
+            trainings.append(("dpo.py", control_out, ["--model", control, "--pairs", pairs, "--dpo-weight", "0",
+                                                      "--sft-weight", "1", *dpo_flags(args, iteration, seed)]))
+        run_stages(trainings)
         rows += evaluate(args, run, f"eto-{iteration}", eto, seed)
         policy = eto
         if not args.no_control:
-            control_out = os.path.join(folder, "control")
-            run_stage("dpo.py", control_out, "--model", control, "--pairs", pairs, "--dpo-weight", "0",
-                      "--sft-weight", "1", *dpo_flags(args, iteration, seed))
             rows += evaluate(args, run, f"sft-continued-{iteration}", control_out, seed)
             control = control_out
     return rows, {"expert": expert, "sft": sft}
@@ -179,10 +189,15 @@ def add_loop_flags(parser):
                         help="training matmuls in bf16 (sft.py/dpo.py --autocast); see docs/performance.md")
     parser.add_argument("--procs", type=int, default=1, help="processes per explore/SFT/DPO stage (torchrun: a GPU "
                                                               "each where CUDA is; on CPU they share the cores)")
+    parser.add_argument("--jobs", type=int, default=None, help="independent stages (the splits' evaluations, DPO and "
+                        "its control) run this many at a time, the cores shared out; None: the lecture recipe's 2, "
+                        "1 for the full recipe, a loaded model or --procs above 1")
     parser.add_argument("--dry-run", action="store_true", help="print every stage's command, run none")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sft = parser.add_argument_group("SFT (None: the recipe's for tiny; sft.py's default for a loaded model)")
-    sft.add_argument("--sft-epochs", type=int, default=None, help="sft.py --epochs; tiny: lecture 6, full 10")
+    sft.add_argument("--tiny-layers", type=int, default=None, help="sft.py --tiny-layers, the tiny model's decoder "
+                                                                   "layers: lecture 2, full 4; a loaded model has its own")
+    sft.add_argument("--sft-epochs", type=int, default=None, help="sft.py --epochs; tiny: lecture 8, full 10")
     sft.add_argument("--sft-lr", type=float, default=None, help="sft.py --lr; tiny: 3e-3")
     sft.add_argument("--sft-batch-size", type=int, default=None, help="sft.py --batch-size; tiny: lecture 8, full 16")
     explore = parser.add_argument_group("exploration and pairs (the authors' script explores greedily, once per task)")
@@ -190,6 +205,9 @@ def add_loop_flags(parser):
     explore.add_argument("--samples", type=int, default=1, help="explored trajectories per train task")
     explore.add_argument("--explore-limit", type=int, default=None,
                          help="train tasks explored per iteration (0: all); None: lecture 500, full all")
+    explore.add_argument("--rollout-batch-size", type=int, default=None,
+                         help="explore.py --batch-size for exploring and evaluating; tiny: 200 (greedy episodes come "
+                              "out the same at any batch size, a big batch sooner); None: explore.py's default")
     explore.add_argument("--pair-level", default=None, choices=PAIR_LEVELS,
                          help="None: divergence for tiny, trajectory (the paper's) for a loaded model; step: the "
                               "agent acts after t-1 teacher-forced expert turns (paper App. B); mixture: both")
@@ -215,6 +233,8 @@ def fill_model_defaults(args):
         raise InputError(f"--procs must be at least 1, got {args.procs}")
     Launch.procs = args.procs
     Launch.dry_run = getattr(args, "dry_run", False)
+    if args.procs > 1 and args.jobs is None:
+        args.jobs = 1  # each stage already has the machine
     defaults = RECIPES[args.recipe] if args.model == "tiny" else PAPER_DEFAULTS
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -225,6 +245,11 @@ def fill_model_defaults(args):
     for flag in ("train_limit", "eval_limit", "explore_limit"):  # 0: all tasks
         if getattr(args, flag) is not None and getattr(args, flag) < 0:
             raise InputError(f"--{flag.replace('_', '-')} must be at least 0, got {getattr(args, flag)}")
+    if args.jobs < 1:
+        raise InputError(f"--jobs must be at least 1, got {args.jobs}")
+    Launch.jobs = args.jobs
+    if args.rollout_batch_size is not None and args.rollout_batch_size < 1:
+        raise InputError(f"--rollout-batch-size must be at least 1, got {args.rollout_batch_size}")
 
 
 def build_parser():

@@ -1,5 +1,6 @@
 """How loop.py launches a stage: the command printed as a user would type it, run as a subprocess (under
-torchrun with --procs), skipped when its outputs exist. What a reader of the ETO loop can skip."""
+torchrun with --procs), skipped when its outputs exist; independent stages side by side with --jobs.
+What a reader of the ETO loop can skip."""
 import json
 import os
 import shlex
@@ -15,33 +16,82 @@ class Launch:
     """How stages are launched, set once from the flags."""
     procs = 1        # --procs: the torch stages run under torchrun with this many processes
     dry_run = False  # --dry-run: print every command, run none
+    jobs = 1         # --jobs: independent stages run this many at a time, the cores shared out
 
 
 def run_stage(script, out, *flags):
     """Run `python SCRIPT FLAGS --out OUT` unless it is done; return its summary. A stage is done when
     its summary file exists: every stage writes it last (a model folder's args.json arrives with the
     folder, by rename), so a killed stage leaves nothing that looks done."""
-    summary_file = os.path.join(out, "args.json") if script in MODEL_STAGES else out + ".args.json"
+    return run_stages([(script, out, flags)])[0]
+
+
+def run_stages(stages):
+    """Run independent stages, each (script, out, flags), --jobs at a time; their summaries in order.
+    Stages run together share the cores out (OMP_NUM_THREADS), printed as the shell lines
+    `OMP_NUM_THREADS=N python ... &` then `wait`; the first shows its progress, the others write it to OUT.log."""
+    todo = []
+    for script, out, flags in stages:
+        if os.path.exists(summary_file(script, out)) and not Launch.dry_run:
+            print(f"[done] {launch_words(script, *flags, '--out', out)[1]}", flush=True)
+        else:
+            todo.append((script, [*flags, "--out", out], out))
+    for start in range(0, len(todo), Launch.jobs):
+        group = todo[start:start + Launch.jobs]
+        threads = str(max(1, len(os.sched_getaffinity(0)) // len(group))) if len(group) > 1 else None
+        started = [start_command(script, flags, threads, log=out + ".log" if i else None)
+                   for i, (script, flags, out) in enumerate(group)]
+        if threads:
+            print("$ wait", flush=True)
+        for process, shown, log in started:
+            if process is not None and process.wait() != 0:
+                if log:  # its error line is at the end of its log
+                    with open(log) as f:
+                        sys.stderr.write("".join(f.readlines()[-3:]))
+                print(f"error: stage failed with exit status {process.returncode}: {shown}", file=sys.stderr)
+                for other, _, _ in started:
+                    if other is not None:
+                        other.kill()
+                sys.exit(process.returncode)
     if Launch.dry_run:
-        print(f"$ {launch_words(script, *flags, '--out', out)[1]}", flush=True)
-        return None
-    if os.path.exists(summary_file):
-        print(f"[done] {launch_words(script, *flags, '--out', out)[1]}", flush=True)
-    else:
-        run_command(script, *flags, "--out", out)
-    with open(summary_file) as f:
-        return json.load(f)["summary"]
+        return [None] * len(stages)
+    summaries = []
+    for script, out, _ in stages:
+        with open(summary_file(script, out)) as f:
+            summaries.append(json.load(f)["summary"])
+    return summaries
+
+
+def summary_file(script, out):
+    return os.path.join(out, "args.json") if script in MODEL_STAGES else out + ".args.json"
+
+
+def start_command(script, flags, threads=None, log=None):
+    """Print a stage's command and start it (with `threads`: its share of the cores, in the background);
+    (the process or None under --dry-run, the command as printed, the file its stderr goes to)."""
+    launcher, shown = launch_words(script, *flags)
+    if threads:
+        shown = f"OMP_NUM_THREADS={threads} {shown}"
+    print(f"$ {shown}{' &' if threads else ''}", flush=True)
+    if Launch.dry_run:
+        return None, shown, log
+    env = {**os.environ, "OMP_NUM_THREADS": threads} if threads else None
+    if log:
+        os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
+    stderr = open(log, "w") if log else None
+    process = subprocess.Popen([*launcher, os.path.join(HERE, script), *flags], env=env, stderr=stderr)
+    if stderr:
+        stderr.close()  # the child holds its own copy
+    return process, shown, log
 
 
 def run_command(script, *flags):
     """Print `python SCRIPT FLAGS` and run it (a torch stage under torchrun with --procs); a failure stops
     the loop with the stage's exit status."""
-    launcher, shown = launch_words(script, *flags)
-    print(f"$ {shown}", flush=True)
-    finished = subprocess.run([*launcher, os.path.join(HERE, script), *flags])
-    if finished.returncode != 0:
-        print(f"error: stage failed with exit status {finished.returncode}: {shown}", file=sys.stderr)
-        sys.exit(finished.returncode)
+    process, shown, _ = start_command(script, flags)
+    if process is not None and process.wait() != 0:
+        print(f"error: stage failed with exit status {process.returncode}: {shown}", file=sys.stderr)
+        sys.exit(process.returncode)
 
 
 def launch_words(script, *flags):

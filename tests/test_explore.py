@@ -241,6 +241,7 @@ def test_the_in_context_example_comes_between_the_system_message_and_the_task():
     (["--expert", "--teacher-force", "e.jsonl"], "--teacher-force replays the expert before the agent acts"),
     (["--expert", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
     (["--expert", "--max-invalid", "-1"], "--max-invalid must be at least 0, got -1"),
+    (["--expert", "--max-steps", "0"], "--max-steps must be at least 1, got 0"),
     (["--expert", "--in-context", "e.jsonl"], "--in-context shows an example to a model: it needs --model"),
     (["--model", "m", "--samples", "2"], "--samples > 1 needs --temperature > 0"),
 ])

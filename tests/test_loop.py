@@ -59,14 +59,15 @@ def test_loop_runs_and_resume_skips_finished_stages(tmp_path):
     loop = subprocess.Popen(LOOP + ["--run", str(killed_run)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     for line in loop.stdout:
-        if line.startswith("$ python dpo.py"):
+        if line.startswith("$ ") and "python dpo.py" in line:
             break
     os.killpg(loop.pid, signal.SIGKILL)
     loop.wait()
     assert not (killed_run / "iter1" / "model").exists() and not (killed_run / "results.jsonl").exists()
     resumed = subprocess.run(LOOP + ["--run", str(killed_run)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "[done] python explore.py" in resumed.stdout and "$ python dpo.py" in resumed.stdout
+    assert "[done] python explore.py" in resumed.stdout
+    assert any(line.startswith("$ ") and "python dpo.py" in line for line in resumed.stdout.splitlines())
     assert read_rows(killed_run) == rows
 
 
@@ -75,7 +76,41 @@ def dry_run(*flags):
     done = subprocess.run([sys.executable, "loop.py", "--dry-run", *flags], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
-    return [line[2:] for line in done.stdout.splitlines() if line.startswith("$ ")]
+    return [command(line) for line in done.stdout.splitlines() if line.startswith("$ ") and line != "$ wait"]
+
+
+def command(line):
+    """A printed stage's command, without the share of the cores and the `&` of stages run side by side."""
+    words = line[2:].removesuffix(" &").split(" ")
+    return " ".join(words[1:] if words[0].startswith("OMP_NUM_THREADS=") else words)
+
+
+def test_independent_stages_run_side_by_side_with_the_cores_shared_out():
+    printed = subprocess.run([sys.executable, "loop.py", "--dry-run", "--run", "r"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60).stdout.splitlines()
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    for out in ("r/eval/expert.test_seen.jsonl", "r/eval/sft.test_seen.jsonl", "r/iter1/model",
+                "r/eval/eto-1.test_seen.jsonl", "r/eval/sft-continued-1.test_seen.jsonl"):
+        [at] = [i for i, line in enumerate(printed) if line.endswith(f"--out {out} &")]  # the first of two, then wait
+        assert printed[at].startswith(f"$ OMP_NUM_THREADS={threads} python ")
+        assert printed[at + 1].startswith(f"$ OMP_NUM_THREADS={threads} python ") and printed[at + 1].endswith(" &")
+        assert printed[at + 2] == "$ wait"
+    assert printed[printed.index("$ wait") - 2].endswith("--out r/eval/expert.test_seen.jsonl &")
+    one_at_a_time = subprocess.run([sys.executable, "loop.py", "--dry-run", "--run", "r", "--jobs", "1"], cwd=ROOT,
+                                   capture_output=True, text=True, timeout=60).stdout
+    assert "&" not in one_at_a_time and "wait" not in one_at_a_time and "OMP_NUM_THREADS" not in one_at_a_time
+    loaded = subprocess.run([sys.executable, "loop.py", "--dry-run", "--run", "r", "--model", "m"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60).stdout
+    assert "&" not in loaded  # a loaded model's stages have the machine to themselves
+
+
+def test_a_stage_failing_beside_another_stops_the_loop_in_one_line(tmp_path):
+    done = subprocess.run(LOOP[:-1] + ["-1", "--run", str(tmp_path / "r")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)  # --max-steps -1: both SFT evaluations refuse it
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "--max-steps must be at least 1, got -1" in done.stderr
+    assert "error: stage failed with exit status 2: OMP_NUM_THREADS=" in done.stderr
+    assert not (tmp_path / "r" / "results.jsonl").exists()
 
 
 def stage(commands, script, out):
@@ -87,7 +122,7 @@ def test_the_stages_get_the_defaults_that_fit_the_model_and_a_given_flag_wins():
     tiny = dry_run("--run", "r")  # the lecture recipe
     assert "--level divergence" in stage(tiny, "pairs.py", "r/iter1/pairs.jsonl")
     assert " --epochs 6 --lr 0.003 --batch-size 8 " in stage(tiny, "sft.py", "r/sft")
-    assert " --samples 1 --limit 500 " in stage(tiny, "explore.py", "r/iter1/explore.jsonl")
+    assert " --samples 1 --limit 500 --seed 0 --batch-size 200 " in stage(tiny, "explore.py", "r/iter1/explore.jsonl")
     assert " --sft-weight 1.0 --lr 0.0001 --beta 1.0 --epochs 1 --batch-size 8 " in stage(tiny, "dpo.py", "r/iter1/model")
     full = dry_run("--run", "r", "--recipe", "full")
     assert " --epochs 10 --lr 0.003 --batch-size 16 " in stage(full, "sft.py", "r/sft")
@@ -99,14 +134,15 @@ def test_the_stages_get_the_defaults_that_fit_the_model_and_a_given_flag_wins():
     assert " --sft-weight 0.0 --lr 1e-06 --beta 0.1 --epochs 3 --batch-size 32 " in stage(loaded, "dpo.py", "r/iter1/model")
     assert " --lr " not in stage(loaded, "sft.py", "r/sft")  # sft.py picks its lr by model
     assert " --limit " not in stage(loaded, "explore.py", "r/iter1/explore.jsonl")
+    assert " --batch-size " not in stage(loaded, "explore.py", "r/iter1/explore.jsonl")  # explore.py's default
     given = dry_run("--run", "r", "--model", "path/to/chat-model", "--beta", "0.5", "--sft-lr", "2e-5")
     assert " --beta 0.5 " in stage(given, "dpo.py", "r/iter1/model") and " --lr 2e-05" in stage(given, "sft.py", "r/sft")
     evaluations = [c for c in dry_run("--run", "r", "--eval-splits", "dev") if " --split train " not in c]
     assert [c for c in evaluations if c.startswith("python explore.py")] == [  # the expert, then each model, on dev only
         "python explore.py --env shop --split dev --expert --out r/eval/expert.dev.jsonl",
-        "python explore.py --env shop --split dev --model r/sft --seed 0 --out r/eval/sft.dev.jsonl",
-        "python explore.py --env shop --split dev --model r/iter1/model --seed 0 --out r/eval/eto-1.dev.jsonl",
-        "python explore.py --env shop --split dev --model r/iter1/control --seed 0 --out r/eval/sft-continued-1.dev.jsonl"]
+        "python explore.py --env shop --split dev --model r/sft --seed 0 --batch-size 200 --out r/eval/sft.dev.jsonl",
+        "python explore.py --env shop --split dev --model r/iter1/model --seed 0 --batch-size 200 --out r/eval/eto-1.dev.jsonl",
+        "python explore.py --env shop --split dev --model r/iter1/control --seed 0 --batch-size 200 --out r/eval/sft-continued-1.dev.jsonl"]
     # the control: the same steps on the same pairs, the preference term off
     control = stage(tiny, "dpo.py", "r/iter1/control")
     assert control.startswith("python dpo.py --model r/sft --pairs r/iter1/pairs.jsonl --dpo-weight 0 --sft-weight 1 ")
