@@ -174,8 +174,8 @@ def add_loop_flags(parser):
     parser.add_argument("--env", default="shop", help="shop, scienceworld, household (see envs/)")
     parser.add_argument("--model", default="tiny", help="'tiny' (built offline) or a HF chat-model folder or .gguf file")
     parser.add_argument("--recipe", default="lecture", choices=tuple(RECIPES),
-                        help="the tiny model's settings below, where a flag leaves them unset: lecture (~8 min on 2 "
-                             "AVX-512 cores) or full (~15 min: the recipe of docs/results.md's tables)")
+                        help="the tiny model's settings below, where a flag leaves them unset: lecture (~5 min on 2 "
+                             "AVX-512 cores) or full (~15 min: the recipe of most docs/results.md tables)")
     parser.add_argument("--iterations", type=int, default=1, help="explore -> pairs -> DPO rounds (the paper: 2)")
     parser.add_argument("--seed", type=int, default=0, help="passed to every stage")
     parser.add_argument("--no-control", action="store_true", help="skip the sft-continued control")
