@@ -121,11 +121,11 @@ def stage(commands, script, out):
 def test_the_stages_get_the_defaults_that_fit_the_model_and_a_given_flag_wins():
     tiny = dry_run("--run", "r")  # the lecture recipe
     assert "--level divergence" in stage(tiny, "pairs.py", "r/iter1/pairs.jsonl")
-    assert " --epochs 6 --lr 0.003 --batch-size 8 " in stage(tiny, "sft.py", "r/sft")
+    assert " --tiny-layers 2 --epochs 8 --lr 0.003 --batch-size 8 " in stage(tiny, "sft.py", "r/sft")
     assert " --samples 1 --limit 500 --seed 0 --batch-size 200 " in stage(tiny, "explore.py", "r/iter1/explore.jsonl")
     assert " --sft-weight 1.0 --lr 0.0001 --beta 1.0 --epochs 1 --batch-size 8 " in stage(tiny, "dpo.py", "r/iter1/model")
     full = dry_run("--run", "r", "--recipe", "full")
-    assert " --epochs 10 --lr 0.003 --batch-size 16 " in stage(full, "sft.py", "r/sft")
+    assert " --tiny-layers 4 --epochs 10 --lr 0.003 --batch-size 16 " in stage(full, "sft.py", "r/sft")
     assert " --limit " not in stage(full, "explore.py", "r/iter1/explore.jsonl")  # every train task
     assert " --sft-weight 1.0 --lr 0.0001 --beta 1.0 --epochs 2 --batch-size 32 " in stage(full, "dpo.py", "r/iter1/model")
     assert " --limit 100 " in stage(dry_run("--run", "r", "--train-limit", "100"), "explore.py", "r/iter1/explore.jsonl")
@@ -133,6 +133,7 @@ def test_the_stages_get_the_defaults_that_fit_the_model_and_a_given_flag_wins():
     assert "--level trajectory" in stage(loaded, "pairs.py", "r/iter1/pairs.jsonl")
     assert " --sft-weight 0.0 --lr 1e-06 --beta 0.1 --epochs 3 --batch-size 32 " in stage(loaded, "dpo.py", "r/iter1/model")
     assert " --lr " not in stage(loaded, "sft.py", "r/sft")  # sft.py picks its lr by model
+    assert " --tiny-layers " not in stage(loaded, "sft.py", "r/sft")
     assert " --limit " not in stage(loaded, "explore.py", "r/iter1/explore.jsonl")
     assert " --batch-size " not in stage(loaded, "explore.py", "r/iter1/explore.jsonl")  # explore.py's default
     given = dry_run("--run", "r", "--model", "path/to/chat-model", "--beta", "0.5", "--sft-lr", "2e-5")
