@@ -32,13 +32,13 @@ SPLITS = ("dev", "test_seen", "test_unseen")  # what --eval-splits may name: cho
 PAIR_LEVELS = ("trajectory", "divergence", "step", "mixture")
 
 # The tiny model's recipes, both chosen on the shop env's dev split (docs/performance.md). "lecture", the
-# default, takes ~5 minutes on 2 AVX-512 cores: a 2-layer model (the full recipe's has 4) trained for 8
-# epochs of smaller steps, half the train tasks explored, one DPO epoch in smaller steps, and independent
+# default, takes ~4 minutes on 2 AVX-512 cores: a 2-layer model (the full recipe's has 4) trained for 5
+# epochs of batch 4, half the train tasks explored, one DPO epoch in smaller steps, and independent
 # stages two at a time. "full" is the recipe docs/results.md's tables were measured with, one stage at a
 # time. A loaded (pretrained chat) model takes the paper's DPO settings under either, and sft.py's SFT
 # defaults for it.
 RECIPES = {
-    "lecture": {"tiny_layers": 2, "sft_epochs": 8, "sft_batch_size": 8, "sft_lr": 3e-3, "explore_limit": 500,
+    "lecture": {"tiny_layers": 2, "sft_epochs": 5, "sft_batch_size": 4, "sft_lr": 3e-3, "explore_limit": 500,
                 "pair_level": "divergence", "dpo_lr": 1e-4, "beta": 1.0, "dpo_epochs": 1, "dpo_batch_size": 8,
                 "sft_weight": 1.0, "rollout_batch_size": 200, "jobs": 2},
     "full": {"tiny_layers": 4, "sft_epochs": 10, "sft_batch_size": 16, "sft_lr": 3e-3, "explore_limit": 0,
@@ -174,7 +174,7 @@ def add_loop_flags(parser):
     parser.add_argument("--env", default="shop", help="shop, scienceworld, household (see envs/)")
     parser.add_argument("--model", default="tiny", help="'tiny' (built offline) or a HF chat-model folder or .gguf file")
     parser.add_argument("--recipe", default="lecture", choices=tuple(RECIPES),
-                        help="the tiny model's settings below, where a flag leaves them unset: lecture (~5 min on 2 "
+                        help="the tiny model's settings below, where a flag leaves them unset: lecture (~4 min on 2 "
                              "AVX-512 cores) or full (~15 min: the recipe of most docs/results.md tables)")
     parser.add_argument("--iterations", type=int, default=1, help="explore -> pairs -> DPO rounds (the paper: 2)")
     parser.add_argument("--seed", type=int, default=0, help="passed to every stage")
@@ -197,9 +197,9 @@ def add_loop_flags(parser):
     sft = parser.add_argument_group("SFT (None: the recipe's for tiny; sft.py's default for a loaded model)")
     sft.add_argument("--tiny-layers", type=int, default=None, help="sft.py --tiny-layers, the tiny model's decoder "
                                                                    "layers: lecture 2, full 4; a loaded model has its own")
-    sft.add_argument("--sft-epochs", type=int, default=None, help="sft.py --epochs; tiny: lecture 8, full 10")
+    sft.add_argument("--sft-epochs", type=int, default=None, help="sft.py --epochs; tiny: lecture 5, full 10")
     sft.add_argument("--sft-lr", type=float, default=None, help="sft.py --lr; tiny: 3e-3")
-    sft.add_argument("--sft-batch-size", type=int, default=None, help="sft.py --batch-size; tiny: lecture 8, full 16")
+    sft.add_argument("--sft-batch-size", type=int, default=None, help="sft.py --batch-size; tiny: lecture 4, full 16")
     explore = parser.add_argument_group("exploration and pairs (the authors' script explores greedily, once per task)")
     explore.add_argument("--temperature", type=float, default=0.0, help="explore.py --temperature (0: greedy)")
     explore.add_argument("--samples", type=int, default=1, help="explored trajectories per train task")

@@ -121,7 +121,7 @@ def stage(commands, script, out):
 def test_the_stages_get_the_defaults_that_fit_the_model_and_a_given_flag_wins():
     tiny = dry_run("--run", "r")  # the lecture recipe
     assert "--level divergence" in stage(tiny, "pairs.py", "r/iter1/pairs.jsonl")
-    assert " --tiny-layers 2 --epochs 8 --lr 0.003 --batch-size 8 " in stage(tiny, "sft.py", "r/sft")
+    assert " --tiny-layers 2 --epochs 5 --lr 0.003 --batch-size 4 " in stage(tiny, "sft.py", "r/sft")
     assert " --samples 1 --limit 500 --seed 0 --batch-size 200 " in stage(tiny, "explore.py", "r/iter1/explore.jsonl")
     assert " --sft-weight 1.0 --lr 0.0001 --beta 1.0 --epochs 1 --batch-size 8 " in stage(tiny, "dpo.py", "r/iter1/model")
     full = dry_run("--run", "r", "--recipe", "full")
