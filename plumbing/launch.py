@@ -67,8 +67,8 @@ def summary_file(script, out):
 
 
 def start_command(script, flags, threads=None, log=None):
-    """Print a stage's command and start it (with `threads`: its share of the cores, in the background);
-    (the process or None under --dry-run, the command as printed, the file its stderr goes to)."""
+    """Print a stage's command and start it; with `threads`, on that many threads, shown with a trailing `&`.
+    Returns (the process, None under --dry-run; the command as printed; `log`, where its stderr goes)."""
     launcher, shown = launch_words(script, *flags)
     if threads:
         shown = f"OMP_NUM_THREADS={threads} {shown}"

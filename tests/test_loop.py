@@ -19,6 +19,11 @@ def test_loop_refuses_bad_counts_in_one_line(tmp_path):
     done = subprocess.run([sys.executable, "loop.py", "--run", str(tmp_path / "r"), "--eval-splits", "dev,tests"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--eval-splits: unknown split 'tests'; valid: dev, test_seen, test_unseen" in done.stderr
+    for flag, message in (("--jobs", "--jobs must be at least 1, got 0"),
+                          ("--rollout-batch-size", "--rollout-batch-size must be at least 1, got 0")):
+        done = subprocess.run([sys.executable, "loop.py", "--run", str(tmp_path / "r"), flag, "0"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "r").exists()
 
 
