@@ -135,6 +135,15 @@ def check_trajectory(record, where):
     check_messages(record["messages"], f"{where}: messages")
 
 
+def check_pair(pair, where):
+    """A pair record as dpo.py reads it: a prompt, then chosen and rejected continuations of it."""
+    check_messages(pair["prompt"], f"{where}: prompt")
+    for side in ("chosen", "rejected"):  # a continuation follows its prompt and ends on the agent's turn
+        check_messages(pair[side], f"{where}: {side}", after=pair["prompt"][-1]["role"])
+        if pair[side][-1]["role"] != "assistant":
+            raise InputError(f"{where}: {side} must end with an assistant turn")
+
+
 def write_jsonl(path, records):
     """Write atomically: a temp file renamed into place, so a crash never leaves a partial file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -143,6 +152,20 @@ def write_jsonl(path, records):
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
+
+
+# The CPU kernels every stage the loop starts is held to (plumbing/launch.py): the AVX2 code paths that every
+# x86-64 CPU of the last decade has. An AVX-512 host then computes what an AVX2-only host computes, bit for
+# bit, so one seed trains one model on both; without them the same seed's SFT differs by more than the
+# spread over seeds. They must be set before torch loads, so a stage can only record them.
+CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def stage_record(args, **fields):
+    """What a stage writes beside its output: its flags, its command line (loop.py compares it on a rerun)
+    and the CPU kernel settings it ran under, then `fields` (the summary, a history)."""
+    return {"args": vars(args), "command": sys.argv[1:],
+            "cpu_kernels": {name: os.environ.get(name) for name in CPU_KERNELS}, **fields}
 
 
 def write_json(path, obj):
@@ -172,7 +195,7 @@ def save_trained(ranks, model, tokenizer, out, args, history, summary):
     its shards."""
     state = ranks.state_dict(model)
     if ranks.main:
-        save_model_atomically(model, tokenizer, out, {"args": vars(args), "history": history, "summary": summary},
+        save_model_atomically(model, tokenizer, out, stage_record(args, history=history, summary=summary),
                               state_dict=state)
         print(json.dumps(summary))
 
@@ -191,6 +214,21 @@ def stop_if_diverged(loss, model, tokenizer, out, args_record, where, save=True)
     else:
         kept = "the weights are no longer finite, so none were kept"
     raise InputError(f"loss became {loss} at {where}; stopped, {out} not written; {kept}; try a lower --lr")
+
+
+def format_table(rows):
+    """The table loop.py prints: a line per model, reward and success per evaluation split."""
+    stages = list(dict.fromkeys(row["stage"] for row in rows))
+    splits = [split for split in ("dev", "test_seen", "test_unseen") if any(row["split"] == split for row in rows)]
+    by_key = {(row["stage"], row["split"]): row for row in rows}
+    lines = [f"{'model':<18}" + "".join(f"{split + ' reward':>20}{'success':>10}" for split in splits)]
+    for stage in stages:
+        cells = ""
+        for split in splits:
+            row = by_key.get((stage, split))
+            cells += f"{row['avg_reward']:>20.1f}{row['success_rate']:>10.1f}" if row else f"{'-':>20}{'-':>10}"
+        lines.append(f"{stage:<18}{cells}")
+    return "\n".join(lines)
 
 
 # ---- models -----------------------------------------------------------------------------------------
@@ -249,17 +287,6 @@ def checked_chat_model(path, model, tokenizer, device):
     if tokenizer.chat_template is None:
         raise InputError(f"model {path!r} has no chat template; use a chat model or --model tiny")
     return model.to(device), tokenizer
-
-
-def end_of_turn_token(tokenizer):
-    """The special token the chat template puts after an assistant turn (<|im_end|>, <|eot_id|>, </s>...)."""
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "MARK"}],
-                                          tokenize=False)
-    after = rendered[rendered.rindex("MARK") + 4:].lstrip()
-    for token in sorted(tokenizer.all_special_tokens, key=len, reverse=True):
-        if token and after.startswith(token):
-            return token
-    return tokenizer.eos_token
 
 
 # ---- the loss mask and the log-probs it selects -------------------------------------------------------

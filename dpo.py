@@ -25,50 +25,40 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (HelpFormatter, InputError, add_memory_flags, add_system_flags, autocast, check_batch_sizes,
+from common import (HelpFormatter, check_pair, InputError, add_memory_flags, add_system_flags, autocast, check_batch_sizes,
                     checkpoint_activations, cut_to_length, load_model, micro_batches, read_jsonl, run_main,
                     save_trained, sequence_logps, set_seed, stop_if_diverged, tokenize_conversation)
-from pairs import check_pair, tokenize_pair
+from dpo_variants import VARIANTS, conservative_dpo_loss, dpop_loss
 from plumbing.ranks import Ranks
 
 
 GRAD_CLIP = 1.0  # max gradient norm per step, the authors' (and HF Trainer's) default
-LOSSES = ("sigmoid", "ipo", "hinge", "dpop")
+LOSSES = ("sigmoid", *VARIANTS)  # sigmoid: the paper's Eq. 11; the others: dpo_variants.py
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected",
            "nll/chosen")
 
 
-def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta,
-             loss_type="sigmoid", label_smoothing=0.0, dpop_lambda=5.0):
-    """Per-example preference losses and the implicit rewards (detached), all of shape (B,).
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    """ETO's loss, paper Eq. 11 (DPO, Rafailov et al. 2023, Eq. 7): per-example losses and the implicit
+    rewards beta * (log pi - log ref) of each side (detached), all of shape (B,).
 
-    With h = (log pi(e_w|u) - log ref(e_w|u)) - (log pi(e_l|u) - log ref(e_l|u)):
-      sigmoid (ETO paper Eq. 11, DPO): L = -log sigmoid(beta h)
-        with label_smoothing e (conservative DPO, Mitchell 2023): (1 - e)(-log sigmoid(beta h)) + e(-log sigmoid(-beta h))
-      ipo (Azar et al. 2023, Eq. 17): L = (h - 1 / (2 beta))^2
-      hinge (SLiC, Zhao et al. 2023): L = max(0, 1 - beta h)
-      dpop (DPO-Positive, Pal et al. 2024, Eq. 3): L = -log sigmoid(beta (h - lambda max(0, log ref(e_w|u) - log pi(e_w|u))))
-        the penalty is 0 while the chosen side stays at or above the reference's likelihood; below it, the
-        loss pulls the chosen side back up (DPO alone can lower both sides when they differ in a few tokens)
-    """
-    if loss_type not in LOSSES:
-        raise InputError(f"unknown loss {loss_type!r}; valid losses: {', '.join(LOSSES)}")
-    if label_smoothing and loss_type != "sigmoid":
-        raise InputError(f"label smoothing is conservative DPO's (sigmoid); the {loss_type} loss has none")
+        L = -log sigmoid(beta [(log pi(e_w|u) - log ref(e_w|u)) - (log pi(e_l|u) - log ref(e_l|u))])
+
+    Each log-prob is one trajectory's: the sum over the agent tokens of its whole continuation."""
     chosen_logratios = policy_chosen_logps - reference_chosen_logps
     rejected_logratios = policy_rejected_logps - reference_rejected_logps
-    h = chosen_logratios - rejected_logratios
-    if loss_type == "sigmoid":
-        losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
-    elif loss_type == "ipo":
-        losses = (h - 1 / (2 * beta)) ** 2
-    elif loss_type == "hinge":
-        losses = torch.relu(1 - beta * h)
-    else:
-        losses = -F.logsigmoid(beta * (h - dpop_lambda * torch.relu(-chosen_logratios)))
+    losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
     chosen_rewards = beta * chosen_logratios.detach()
     rejected_rewards = beta * rejected_logratios.detach()
     return losses, chosen_rewards, rejected_rewards
+
+
+def tokenize_pair(tokenizer, pair):
+    """(chosen ids, chosen mask, rejected ids, rejected mask): prompt + continuation, agent turns masked in."""
+    # only the continuations are scored: assistant turns inside the prompt are context
+    chosen = tokenize_conversation(tokenizer, pair["prompt"] + pair["chosen"], train_from=len(pair["prompt"]))
+    rejected = tokenize_conversation(tokenizer, pair["prompt"] + pair["rejected"], train_from=len(pair["prompt"]))
+    return chosen + rejected
 
 
 @torch.no_grad()
@@ -95,33 +85,51 @@ class Objective:
     label_smoothing: float = 0.0
     dpop_lambda: float = 5.0
 
+    def preference_losses(self, policy_chosen, policy_rejected, reference_chosen, reference_rejected):
+        """(losses, chosen rewards, rejected rewards): Eq. 11, unless a variant of dpo_variants.py is asked for."""
+        logps = (policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+        if self.loss == "sigmoid" and self.label_smoothing:
+            return conservative_dpo_loss(*logps, self.beta, self.label_smoothing)
+        if self.loss == "sigmoid":
+            return dpo_loss(*logps, self.beta)
+        if self.loss == "dpop":
+            return dpop_loss(*logps, self.beta, self.dpop_lambda)
+        return VARIANTS[self.loss](*logps, self.beta)
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise InputError(f"unknown loss {self.loss!r}; valid losses: {', '.join(LOSSES)}")
+        if self.label_smoothing and self.loss != "sigmoid":
+            raise InputError(f"--label-smoothing is conservative DPO's (sigmoid); --loss {self.loss} has none")
+
 
 def accumulate_step(model, examples, step_indices, reference, objective, ranks, split, precision="none"):
     """Forward and backward over one optimizer step's pairs; the gradient is that of the mean loss over the
-    step's pairs, however `ranks.passes` splits them (into `split`'s passes, over ranks). Returns the
-    step's metrics, named as TRL names them."""
+    step's pairs, however `ranks.passes` splits them into forward passes (and, under torchrun, over
+    processes). Returns the step's metrics, named as TRL names them."""
     ref_chosen, ref_rejected = reference
     device, metrics = ranks.device, dict.fromkeys(METRICS, 0.0)
-    for micro, weight in ranks.passes(model, step_indices, split):
+    for micro in ranks.passes(model, step_indices, split):
         batch = [examples[i] for i in micro]
         with autocast(device, precision):
             chosen_logps, counts = sequence_logps(model, [(e[0], e[1]) for e in batch], device, objective.average_logps)
             with torch.set_grad_enabled(objective.dpo_weight != 0):  # the NLL-only control just watches this side
                 rejected_logps, _ = sequence_logps(model, [(e[2], e[3]) for e in batch], device, objective.average_logps)
-        losses, chosen_rewards, rejected_rewards = dpo_loss(
-            chosen_logps, rejected_logps, ref_chosen[micro], ref_rejected[micro], objective.beta, objective.loss,
-            objective.label_smoothing, objective.dpop_lambda)
+        losses, chosen_rewards, rejected_rewards = objective.preference_losses(
+            chosen_logps, rejected_logps, ref_chosen[micro], ref_rejected[micro])
         nll = -(chosen_logps if objective.average_logps else chosen_logps / counts)  # per agent token of chosen
         loss = (objective.dpo_weight * losses + objective.sft_weight * nll).sum() / len(step_indices)
-        (loss * weight).backward()
-        metrics["loss"] += loss.item() * weight / ranks.world
-        share = weight / ranks.world * len(batch) / len(step_indices)  # this pass's part of the step's means
+        ranks.backward(loss)  # alone: loss.backward()
+        if not ranks.counting:  # a pass run only to keep in step with the other processes
+            continue
+        metrics["loss"] += loss.item()
+        share = len(batch) / len(step_indices)  # this pass's part of the step's means
         for name, value in (("nll/chosen", nll),
                             ("rewards/chosen", chosen_rewards), ("rewards/rejected", rejected_rewards),
                             ("rewards/accuracies", (chosen_rewards > rejected_rewards).float()),
                             ("logps/chosen", chosen_logps), ("logps/rejected", rejected_logps)):
             metrics[name] += value.mean().item() * share
-    metrics = {name: ranks.sum(value) for name, value in metrics.items()}
+    metrics = {name: ranks.sum(value) for name, value in metrics.items()}  # alone: as they are
     metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
     return metrics
 
@@ -135,7 +143,7 @@ def replay_step(model, replayed, indices, replay_weight, split, device, precisio
         with autocast(device, precision):
             logps, _ = sequence_logps(model, [replayed[i] for i in micro], device)
         loss = -logps.sum() / tokens
-        (replay_weight * loss).backward()
+        (replay_weight * loss).backward()  # --replay runs in one process
         total += loss.item()
     return total
 
@@ -176,8 +184,8 @@ def build_parser():
 def main():
     args = build_parser().parse_args()
     check_batch_sizes(args.batch_size, args.micro_batch_size)
-    if args.label_smoothing and args.loss != "sigmoid":
-        raise InputError(f"--label-smoothing is conservative DPO's (sigmoid); --loss {args.loss} has none")
+    objective = Objective(args.beta, args.loss, args.dpo_weight, args.sft_weight, args.average_logps,
+                          args.label_smoothing, args.dpop_lambda)  # checks --loss and --label-smoothing
 
     started = time.time()
     ranks = Ranks.start(args.device, args.fsdp)  # under torchrun: a share of every step per rank
@@ -205,9 +213,6 @@ def main():
     reference = reference_logps(model, examples, args.device, args.average_logps, precision=args.autocast)
     if args.gradient_checkpointing:
         checkpoint_activations(model, dropout=False)  # train mode (which checkpointing needs), dropout still off
-
-    objective = Objective(args.beta, args.loss, args.dpo_weight, args.sft_weight, args.average_logps,
-                          args.label_smoothing, args.dpop_lambda)
 
     def split_pairs(indices):  # both sides' activations live until backward: a pair costs twice its longer side
         return micro_batches(indices, args.micro_batch_size, args.token_budget,

@@ -19,27 +19,21 @@ stop, temperature, seed, ...). The last line printed is a JSON summary; OUT.args
 """
 import argparse
 import json
-import re
 import time
 
 import torch
 from tqdm import tqdm
 
 import envs
-from common import (HelpFormatter, InputError, add_system_flags, check_trajectory, load_model, read_jsonl, run_main,
+from common import (HelpFormatter, stage_record, InputError, add_system_flags, check_trajectory, load_model, read_jsonl, run_main,
                     set_seed, write_json, write_jsonl)
+from envs import parse_action
 from envs.expert import make_expert_policy, make_forcing_policy, make_in_context_policy, step_prefixes
 from plumbing.decode import ChatPolicy, KVCacheDecoder, next_tokens, stop_ids
 from plumbing.ranks import Ranks, shard
 
 INVALID_FORMAT = (f"{envs.INVALID}: no 'Action:' found. Reply as 'Thought: ...' on one line and "
                   f"'Action: ...' on the next.")
-
-
-def parse_action(reply):
-    """The text after the last 'Action:' of a reply (up to the end of its line), or None if there is none."""
-    found = re.findall(r"Action:[ \t]*(.*)", reply)
-    return found[-1].strip() if found and found[-1].strip() else None
 
 
 # ---- the model's side of a rollout: a reply per conversation, decoded token by token -----------------
@@ -261,7 +255,7 @@ def main():
     summary = {"stage": "explore", "out": args.out, **summarize(records)}
     write_jsonl(args.out, records)  # then the .args.json: written last, it marks the stage complete
     summary["seconds"] = round(time.time() - started, 1)
-    write_json(args.out + ".args.json", {"args": vars(args), "summary": summary})
+    write_json(args.out + ".args.json", stage_record(args, summary=summary))
     print(json.dumps(summary))
 
 

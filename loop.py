@@ -24,29 +24,36 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass
 
-from common import HelpFormatter, InputError, run_main, write_json, write_jsonl
-from plumbing.launch import Launch, launch_words, run_command, run_stage, run_stages
+from common import HelpFormatter, InputError, format_table, run_main, write_json, write_jsonl
+from plumbing.launch import Launch, kernel_settings, launch_words, run_command, run_stage, run_stages
 
 SPLITS = ("dev", "test_seen", "test_unseen")  # what --eval-splits may name: choose settings on dev, report the tests
 PAIR_LEVELS = ("trajectory", "divergence", "step", "mixture")
 
-# The tiny model's recipes, both chosen on the shop env's dev split (docs/performance.md). "lecture", the
-# default, takes ~4 minutes on 2 AVX-512 cores: a 2-layer model (the full recipe's has 4) trained for 5
-# epochs of batch 4, half the train tasks explored, one DPO epoch in smaller steps, and independent
-# stages two at a time. "full" is the recipe docs/results.md's tables were measured with, one stage at a
-# time. A loaded (pretrained chat) model takes the paper's DPO settings under either, and sft.py's SFT
-# defaults for it.
+# The tiny model's recipes. Both run the paper's algorithm: whole-trajectory pairs by the paper's rule and
+# Eq. 11 alone (no NLL term), reference = the policy at the start of the iteration. What must change with a
+# 1M-parameter model trained from scratch was chosen on the shop env's dev split (docs/results.md): SFT's
+# epochs, batch and lr, and DPO's lr, beta, epochs and batch. "lecture", the default, takes ~4 minutes on
+# 2 cores: a 2-layer model trained for 5 epochs of batch 4, the first 500 train tasks explored, independent
+# stages two at a time. "full" is a 4-layer model, 10 SFT epochs, every train task, one stage at a time.
+# A loaded (pretrained chat) model takes the paper's DPO settings under either, and sft.py's SFT defaults.
 RECIPES = {
     "lecture": {"tiny_layers": 2, "sft_epochs": 5, "sft_batch_size": 4, "sft_lr": 3e-3, "explore_limit": 500,
-                "pair_level": "divergence", "dpo_lr": 1e-4, "beta": 1.0, "dpo_epochs": 1, "dpo_batch_size": 8,
-                "sft_weight": 1.0, "rollout_batch_size": 200, "jobs": 2},
+                "pair_level": "trajectory", "dpo_lr": 3e-5, "beta": 0.1, "dpo_epochs": 1, "dpo_batch_size": 8,
+                "sft_weight": 0.0, "rollout_batch_size": 200, "jobs": 2},
     "full": {"tiny_layers": 4, "sft_epochs": 10, "sft_batch_size": 16, "sft_lr": 3e-3, "explore_limit": 0,
-             "pair_level": "divergence", "dpo_lr": 1e-4, "beta": 1.0, "dpo_epochs": 2, "dpo_batch_size": 32,
-             "sft_weight": 1.0, "rollout_batch_size": 200, "jobs": 1},
+             "pair_level": "trajectory", "dpo_lr": 3e-5, "beta": 0.1, "dpo_epochs": 2, "dpo_batch_size": 32,
+             "sft_weight": 0.0, "rollout_batch_size": 200, "jobs": 1},
 }
 PAPER_DEFAULTS = {"explore_limit": 0, "pair_level": "trajectory", "dpo_lr": 1e-6, "beta": 0.1, "dpo_epochs": 3,
                   "dpo_batch_size": 32, "sft_weight": 0.0, "jobs": 1}
+# --variants: departures from the paper, each trained beside ETO from the same policy and evaluated as
+# "eto-NAME-i". divergence-nll: pairs cut to the first turn whose action differs (pairs.py --level
+# divergence) and an NLL term on the chosen side (dpo.py --sft-weight 1), at the DPO settings chosen for it
+# on dev.
+VARIANTS = {"divergence-nll": {"pair_level": "divergence", "sft_weight": 1.0, "lr": 1e-4, "beta": 1.0}}
 
 
 def evaluate(args, run, name, model_dir, seed, *flags):
@@ -82,9 +89,11 @@ def batch_flags(args):
     return ["--batch-size", str(args.rollout_batch_size)] if args.rollout_batch_size else []
 
 
-def dpo_flags(args, iteration, seed):
-    """DPO's settings for an iteration: the authors' script lowers lr and raises beta from iteration 2."""
-    lr, beta = args.dpo_lr, args.beta
+def dpo_flags(args, iteration, seed, lr=None, beta=None):
+    """DPO's settings for an iteration (lr and beta: --dpo-lr and --beta unless given); the authors' script
+    lowers lr and raises beta from iteration 2."""
+    lr = args.dpo_lr if lr is None else lr
+    beta = args.beta if beta is None else beta
     if iteration > 1 and args.later_dpo_lr is not None:
         lr = args.later_dpo_lr
     if iteration > 1 and args.later_beta is not None:
@@ -113,59 +122,90 @@ def eto_loop(args, run, seed):
                 for split in args.eval_splits])
     rows = evaluate(args, run, "sft", sft, seed)
 
-    # 2-5. each iteration: explore with the current policy, pair failures with the expert, DPO from the
-    # current policy (also the reference), evaluate; the control trains on the same pairs' chosen side
-    policy, control = sft, sft
+    # 2-5. each iteration: explore the train tasks with the current policy, pair failures with the expert,
+    # DPO from the current policy (also the reference), evaluate. The control trains on the same pairs'
+    # chosen side; each --variants entry is a chain of its own, trained from the same policy in iteration 1
+    chains = [Chain("eto", sft, args.pair_level, args.sft_weight, args.dpo_lr, args.beta)]
+    chains += [Chain(f"eto-{name}", sft, **VARIANTS[name]) for name in args.variants]
+    control = sft
     for iteration in range(1, args.iterations + 1):
         folder = os.path.join(run, f"iter{iteration}")
-        explore_flags = ["--env", args.env, "--split", "train", "--model", policy, "--temperature",
-                         str(args.temperature), "--samples", str(args.samples), *limit_flags(explored_tasks(args)),
-                         *rollout_flags(args, seed), *batch_flags(args)]
-        explored = []
-        if args.pair_level != "step":
-            explored.append(os.path.join(folder, "explore.jsonl"))
-            run_stage("explore.py", explored[-1], *explore_flags)
-        if args.pair_level in ("step", "mixture"):  # the agent acts after the expert's first t-1 turns
-            explored.append(os.path.join(folder, "explore-step.jsonl"))
-            run_stage("explore.py", explored[-1], *explore_flags, "--teacher-force", expert)
-        pairs = os.path.join(folder, "pairs.jsonl")
-        level = "divergence" if args.pair_level == "divergence" else "trajectory"
-        summary = run_stage("pairs.py", pairs, "--explored", *explored, "--expert", expert, "--level", level)
-        if summary is None:  # --dry-run
-            summary = {"pairs": "?", "win": "?", "tie": "?", "lose": "?"}
-        print(f"iteration {iteration}: {summary['pairs']} pairs (win {summary['win']}, tie {summary['tie']}, "
-              f"lose {summary['lose']})", flush=True)
-        if summary["pairs"] == 0:
+        explored_by_policy = {}
+        for chain in chains:
+            if chain.policy not in explored_by_policy:  # chains at the same policy share one exploration
+                suffix = "" if not explored_by_policy else f"-{chain.name}"
+                explored_by_policy[chain.policy] = explore(args, folder, suffix, chain.policy, expert, seed)
+            chain.explored = explored_by_policy[chain.policy]
+        eto = chains[0]
+        eto.pairs = make_pairs(eto, folder, "", expert, iteration)
+        if eto.pairs is None:
             print("no pairs: the policy matches the expert on every train task; stopping", flush=True)
             break
-        # DPO from the current policy, and beside it (--jobs) the control: NLL on the same chosen side
-        eto, control_out = os.path.join(folder, "model"), os.path.join(folder, "control")
-        trainings = [("dpo.py", eto, ["--model", policy, "--pairs", pairs, "--sft-weight", str(args.sft_weight),
-                                      *dpo_flags(args, iteration, seed)])]
+        for chain in chains[1:]:
+            chain.pairs = make_pairs(chain, folder, f"-{chain.name}", expert, iteration)
+        # DPO from each chain's policy, and beside it (--jobs) the control: NLL on ETO's chosen side
+        trainings, outs = [], {}
+        for chain in chains:
+            if chain.pairs is None:
+                continue
+            outs[chain.name] = os.path.join(folder, "model" if chain is eto else chain.name)
+            trainings.append(("dpo.py", outs[chain.name], [
+                "--model", chain.policy, "--pairs", chain.pairs, *(["--sft-weight", str(chain.sft_weight)]
+                                                                   if chain.sft_weight else []),
+                *dpo_flags(args, iteration, seed, chain.lr, chain.beta)]))
+        control_out = os.path.join(folder, "control")
         if not args.no_control:
-            trainings.append(("dpo.py", control_out, ["--model", control, "--pairs", pairs, "--dpo-weight", "0",
+            trainings.append(("dpo.py", control_out, ["--model", control, "--pairs", eto.pairs, "--dpo-weight", "0",
                                                       "--sft-weight", "1", *dpo_flags(args, iteration, seed)]))
         run_stages(trainings)
-        rows += evaluate(args, run, f"eto-{iteration}", eto, seed)
-        policy = eto
+        for chain in chains:
+            if chain.name in outs:
+                rows += evaluate(args, run, f"{chain.name}-{iteration}", outs[chain.name], seed)
+                chain.policy = outs[chain.name]
         if not args.no_control:
             rows += evaluate(args, run, f"sft-continued-{iteration}", control_out, seed)
             control = control_out
     return rows, {"expert": expert, "sft": sft}
 
 
-def format_table(rows):
-    stages = list(dict.fromkeys(row["stage"] for row in rows))
-    splits = [split for split in SPLITS if any(row["split"] == split for row in rows)]
-    by_key = {(row["stage"], row["split"]): row for row in rows}
-    lines = [f"{'model':<18}" + "".join(f"{split + ' reward':>20}{'success':>10}" for split in splits)]
-    for stage in stages:
-        cells = ""
-        for split in splits:
-            row = by_key.get((stage, split))
-            cells += f"{row['avg_reward']:>20.1f}{row['success_rate']:>10.1f}" if row else f"{'-':>20}{'-':>10}"
-        lines.append(f"{stage:<18}{cells}")
-    return "\n".join(lines)
+@dataclass
+class Chain:
+    """One line of models through the iterations: ETO, or a --variants entry, with its pair rule and DPO settings."""
+    name: str
+    policy: str
+    pair_level: str
+    sft_weight: float
+    lr: float
+    beta: float
+    explored: list = None  # this iteration's exploration files, from `policy`
+    pairs: str = None      # this iteration's pairs file
+
+
+def explore(args, folder, suffix, policy, expert, seed):
+    """Explore the train tasks with `policy` (step: after t-1 teacher-forced expert turns); the files written."""
+    flags = ["--env", args.env, "--split", "train", "--model", policy, "--temperature", str(args.temperature),
+             "--samples", str(args.samples), *limit_flags(explored_tasks(args)), *rollout_flags(args, seed),
+             *batch_flags(args)]
+    explored = []
+    if args.pair_level != "step":
+        explored.append(os.path.join(folder, f"explore{suffix}.jsonl"))
+        run_stage("explore.py", explored[-1], *flags)
+    if args.pair_level in ("step", "mixture"):  # the agent acts after the expert's first t-1 turns
+        explored.append(os.path.join(folder, f"explore-step{suffix}.jsonl"))
+        run_stage("explore.py", explored[-1], *flags, "--teacher-force", expert)
+    return explored
+
+
+def make_pairs(chain, folder, suffix, expert, iteration):
+    """The chain's failure/expert pairs of this iteration; the file, or None when there are none."""
+    pairs = os.path.join(folder, f"pairs{suffix}.jsonl")
+    level = "divergence" if chain.pair_level == "divergence" else "trajectory"
+    summary = run_stage("pairs.py", pairs, "--explored", *chain.explored, "--expert", expert, "--level", level)
+    if summary is None:  # --dry-run
+        summary = {"pairs": "?", "win": "?", "tie": "?", "lose": "?"}
+    print(f"iteration {iteration}, {chain.name}: {summary['pairs']} pairs (win {summary['win']}, tie {summary['tie']}, "
+          f"lose {summary['lose']})", flush=True)
+    return None if summary["pairs"] == 0 else pairs
 
 
 def add_loop_flags(parser):
@@ -192,6 +232,14 @@ def add_loop_flags(parser):
     parser.add_argument("--jobs", type=int, default=None, help="independent stages (the splits' evaluations, DPO and "
                         "its control) run this many at a time, the cores shared out; None: the lecture recipe's 2, "
                         "1 for the full recipe, a loaded model or --procs above 1")
+    parser.add_argument("--variants", default="", type=lambda text: [name for name in text.split(",") if name],
+                        help="comma list of departures from the paper to train and evaluate beside ETO, each from "
+                             "the same policy: " + ", ".join(VARIANTS) + " (see VARIANTS in loop.py)")
+    parser.add_argument("--redo-changed", action="store_true", help="a finished stage whose recorded command differs "
+                        "from the one wanted is redone, with every stage after it (otherwise the loop stops there)")
+    parser.add_argument("--native-kernels", action="store_true", help="run the stages on the CPU's own kernels (AVX-512 "
+                        "where it has it: faster, but a seed then trains another model than on an AVX2-only CPU); "
+                        "the default pins them to AVX2 (common.CPU_KERNELS), so every x86-64 CPU prints one table")
     parser.add_argument("--dry-run", action="store_true", help="print every stage's command, run none")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sft = parser.add_argument_group("SFT (None: the recipe's for tiny; sft.py's default for a loaded model)")
@@ -248,6 +296,10 @@ def fill_model_defaults(args):
     if args.jobs < 1:
         raise InputError(f"--jobs must be at least 1, got {args.jobs}")
     Launch.jobs = args.jobs
+    Launch.native_kernels, Launch.redo_changed = args.native_kernels, args.redo_changed
+    unknown = [name for name in args.variants if name not in VARIANTS]
+    if unknown:
+        raise InputError(f"--variants: unknown variant {unknown[0]!r}; valid: {', '.join(VARIANTS)}")
     if args.rollout_batch_size is not None and args.rollout_batch_size < 1:
         raise InputError(f"--rollout-batch-size must be at least 1, got {args.rollout_batch_size}")
 
@@ -263,14 +315,16 @@ def main():
     fill_model_defaults(args)
     if args.iterations < 0:
         raise InputError(f"--iterations must be at least 0, got {args.iterations}")
+    pin_line = kernel_settings()[0]
+    if pin_line:  # the stages run on AVX2 kernels: a user who runs them by hand types this line first
+        print(f"$ {pin_line}", flush=True)
     if args.dry_run:
         eto_loop(args, args.run, args.seed)
         print(f"$ {launch_words('report.py', '--run', args.run)[1]}")
         return
     started = time.time()
-    os.makedirs(args.run, exist_ok=True)
-    write_json(os.path.join(args.run, "loop_args.json"), vars(args))
     rows, _ = eto_loop(args, args.run, args.seed)
+    write_json(os.path.join(args.run, "loop_args.json"), vars(args))  # once every stage matches these flags
     results = os.path.join(args.run, "results.jsonl")
     write_jsonl(results, rows)
     print(format_table(rows))

@@ -22,9 +22,8 @@ import argparse
 import json
 import time
 
-from common import (HelpFormatter, InputError, check_messages, check_trajectory, read_jsonl, run_main,
-                    tokenize_conversation, write_json, write_jsonl)
-from explore import parse_action
+from common import HelpFormatter, stage_record, InputError, check_trajectory, read_jsonl, run_main, write_json, write_jsonl
+from envs import parse_action
 
 LEVELS = ("trajectory", "divergence")
 
@@ -129,23 +128,6 @@ def on_policy_references(explored, expert):
     return [successes.get(record["task_id"], record) for record in expert]
 
 
-def tokenize_pair(tokenizer, pair):
-    """(chosen ids, chosen mask, rejected ids, rejected mask): prompt + continuation, agent turns masked in."""
-    # only the continuations are scored: assistant turns inside the prompt are context
-    chosen = tokenize_conversation(tokenizer, pair["prompt"] + pair["chosen"], train_from=len(pair["prompt"]))
-    rejected = tokenize_conversation(tokenizer, pair["prompt"] + pair["rejected"], train_from=len(pair["prompt"]))
-    return chosen + rejected
-
-
-def check_pair(pair, where):
-    """A pair record as dpo.py reads it: a prompt, then chosen and rejected continuations of it."""
-    check_messages(pair["prompt"], f"{where}: prompt")
-    for side in ("chosen", "rejected"):  # a continuation follows its prompt and ends on the agent's turn
-        check_messages(pair[side], f"{where}: {side}", after=pair["prompt"][-1]["role"])
-        if pair[side][-1]["role"] != "assistant":
-            raise InputError(f"{where}: {side} must end with an assistant turn")
-
-
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--explored", required=True, nargs="+", help="trajectory JSONL file(s) from explore.py")
@@ -190,7 +172,7 @@ def main():
     write_jsonl(args.out, pairs)  # then the .args.json: written last, it marks the stage complete
     summary = {"stage": "pairs", "out": args.out, "pairs": len(pairs), **counts,
                "seconds": round(time.time() - started, 1)}
-    write_json(args.out + ".args.json", {"args": vars(args), "summary": summary})
+    write_json(args.out + ".args.json", stage_record(args, summary=summary))
     print(json.dumps(summary))
 
 

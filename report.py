@@ -24,7 +24,7 @@ import statistics
 from collections import Counter
 
 from common import InputError, read_jsonl, run_main, sequence_logps, tokenize_conversation
-from explore import parse_action
+from envs import parse_action
 from pairs import first_differing_action
 
 SPLITS = ("dev", "test_seen", "test_unseen")  # the evaluation splits, in the order tables list them

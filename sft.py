@@ -205,11 +205,11 @@ def main():
                                   leave=False, disable=not ranks.main):
             batch = [train_examples[i] for i in batch_indices]
             n_tokens = sum(sum(mask[1:]) for _, mask in batch)  # the loss is a mean over the step's agent tokens
-            for micro, weight in ranks.passes(trained, batch, split):
+            for micro in ranks.passes(trained, batch, split):
                 with autocast(args.device, args.autocast):
                     loss_sum, count = masked_nll(trained, micro, args.device)
-                (loss_sum * weight / n_tokens).backward()
-                if weight:
+                ranks.backward(loss_sum / n_tokens)  # alone: (loss_sum / n_tokens).backward()
+                if ranks.counting:  # not a pass run only to keep in step with the other processes
                     epoch_loss, epoch_tokens = epoch_loss + loss_sum.item(), epoch_tokens + count.item()
             stop_if_diverged(ranks.sum(epoch_loss), model, tokenizer, args.out, {"args": vars(args), "history": history},
                              f"epoch {epoch} step {scheduler.last_epoch + 1}", save=ranks.main and not args.fsdp)

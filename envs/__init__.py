@@ -23,6 +23,12 @@ SPLITS = ("train", "test_seen", "test_unseen", "dev")
 INVALID = "Invalid action"
 
 
+def parse_action(reply):
+    """The text after the last 'Action:' of a reply (up to the end of its line), or None if there is none."""
+    found = re.findall(r"Action:[ \t]*(.*)", reply)
+    return found[-1].strip() if found and found[-1].strip() else None
+
+
 def _shop(options):
     """Options, comma-separated: `scan` (the expert's thought names why each result above its choice is
     passed over), `instruction` (every page repeats the instruction, as WebShop's pages do), `train=N` (N
@@ -55,7 +61,14 @@ def _household(options):
     return HouseholdEnv(list_valid_actions=options == "valid")
 
 
-ENVS = {"shop": _shop, "scienceworld": _scienceworld, "household": _household}
+def _doors(options):
+    from envs.doors import DoorsEnv
+    if options:
+        raise ValueError(f"the doors env has no options, got {options!r}")
+    return DoorsEnv()
+
+
+ENVS = {"shop": _shop, "scienceworld": _scienceworld, "household": _household, "doors": _doors}
 
 
 def make(name):

@@ -33,8 +33,8 @@ def ipo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejecte
     if not REFERENCE:
         from exercises.student import ipo_loss as student
         return student(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)
-    import dpo
-    return dpo.dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta, loss_type="ipo")[0]
+    import dpo_variants
+    return dpo_variants.ipo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)[0]
 
 
 def pair_with_expert(explored, expert):
@@ -54,9 +54,25 @@ def cut_after_assistant_turns(messages, n_turns):
 
 
 def first_differing_action(chosen, rejected):
-    from explore import parse_action
+    from envs import parse_action
     if not REFERENCE:
         from exercises.student import first_differing_action as student
         return student(chosen, rejected, parse_action)
     import pairs
     return pairs.first_differing_action(chosen, rejected)
+
+
+def group_advantages(rewards, group_size, normalize_std=False):
+    if not REFERENCE:
+        from exercises.student import group_advantages as student
+        return student(rewards, group_size, normalize_std)
+    import online_rl
+    return online_rl.group_advantages(rewards, group_size, normalize_std)
+
+
+def clipped_surrogate(logps, old_logps, advantages, mask, clip):
+    if not REFERENCE:
+        from exercises.student import clipped_surrogate as student
+        return student(logps, old_logps, advantages, mask, clip)
+    import online_rl
+    return online_rl.clipped_surrogate(logps, old_logps, advantages, mask, clip)[0]

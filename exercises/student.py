@@ -74,3 +74,30 @@ def first_differing_action(chosen, rejected, parse_action):
     Hint: thoughts may differ where the actions agree; only the action counts.
     """
     raise NotImplementedError
+
+
+# ---- 7. online RL: the group baseline ---------------------------------------------------------------
+def group_advantages(rewards, group_size, normalize_std=False):
+    """Each episode's advantage: its reward minus the mean reward of its group, a list of floats.
+
+    rewards: a list of floats; episodes [k * group_size, (k + 1) * group_size) are one task's group.
+    With normalize_std, divide by the group's standard deviation (the population std: divide by n).
+    A group whose rewards are all equal gives every episode 0 (there is nothing to prefer), never NaN.
+
+    Hint: the baseline is per group, not over the whole batch.
+    """
+    raise NotImplementedError
+
+
+# ---- 8. online RL: PPO's clipped surrogate -------------------------------------------------------------
+def clipped_surrogate(logps, old_logps, advantages, mask, clip):
+    """PPO's clipped objective as a loss to minimize, a scalar tensor (Schulman et al. 2017, Eq. 7).
+
+    All inputs are (B, T): the current and the sampling policy's log-probs of each token, each token's
+    advantage, and a mask, 1 on the agent's tokens. Per token, with ratio = exp(logps - old_logps):
+        -min(ratio * A, clamp(ratio, 1 - clip, 1 + clip) * A)
+    then the mean over the tokens where mask is 1 (observations and prompts do not count).
+
+    Hint: a masked mean divides by the number of agent tokens, not by B * T.
+    """
+    raise NotImplementedError

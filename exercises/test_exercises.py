@@ -120,3 +120,48 @@ def test_6_the_first_differing_action_ignores_thoughts():
                         reply("first", "click[item 1]")]
     assert adapters.first_differing_action(chosen, rejected) == 4
     assert adapters.first_differing_action(chosen, chosen) is None
+
+
+# ---- 7. group_advantages ---------------------------------------------------------------------------------
+def test_7_each_episode_is_scored_against_its_own_group():
+    # group 1: (1, 0, 0, 1) has mean 1/2 -> (1/2, -1/2, -1/2, 1/2); group 2: (0.2, 0.6, 0.4, 0.8) has mean 0.5
+    # -> (-0.3, 0.1, -0.1, 0.3). A batch-wide mean (0.5 too, here) would hide a wrong grouping, so: group 3
+    # (1, 1, 1, 0.6) has mean 0.9 -> (0.1, 0.1, 0.1, -0.3)
+    rewards = [1.0, 0.0, 0.0, 1.0, 0.2, 0.6, 0.4, 0.8, 1.0, 1.0, 1.0, 0.6]
+    expected = [0.5, -0.5, -0.5, 0.5, -0.3, 0.1, -0.1, 0.3, 0.1, 0.1, 0.1, -0.3]
+    assert adapters.group_advantages(rewards, 4) == pytest.approx(expected, abs=1e-9)
+
+
+def test_7_an_all_equal_group_has_no_advantage_and_no_nan():
+    assert adapters.group_advantages([1.0, 1.0, 0.0, 0.0], 2) == [0.0, 0.0, 0.0, 0.0]
+    assert adapters.group_advantages([1.0, 1.0, 0.0, 0.0], 2, normalize_std=True) == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_7_the_std_is_the_groups_own():
+    # (1, 0): mean 1/2, population std 1/2 -> (1, -1); (0.9, 0.3): mean 0.6, std 0.3 -> (1, -1).
+    # (1, 0, 0): mean 1/3, std sqrt(2)/3 -> (2/3) / (sqrt(2)/3) = sqrt(2), and -(1/3) / (sqrt(2)/3) = -1/sqrt(2)
+    assert adapters.group_advantages([1.0, 0.0, 0.9, 0.3], 2, normalize_std=True) == pytest.approx([1, -1, 1, -1])
+    assert adapters.group_advantages([1.0, 0.0, 0.0], 3, normalize_std=True) == pytest.approx(
+        [math.sqrt(2), -1 / math.sqrt(2), -1 / math.sqrt(2)])
+
+
+# ---- 8. clipped_surrogate --------------------------------------------------------------------------------
+def test_8_the_clipped_surrogate_by_hand():
+    # ratios e^(logps - old): token 0: 1.5 with A = 2 -> min(3.0, 1.2 * 2 = 2.4) = 2.4 (clipped);
+    # token 1: 0.9 with A = 2 -> min(1.8, 1.8) = 1.8; token 2: 0.5 with A = -1 -> min(-0.5, 0.8 * -1 = -0.8) = -0.8
+    # (clipped); token 3 is masked. Loss = -(2.4 + 1.8 - 0.8) / 3 = -3.4 / 3
+    logps = torch.log(torch.tensor([[1.5, 0.9, 0.5, 7.0]]))
+    loss = adapters.clipped_surrogate(logps, torch.zeros(1, 4), torch.tensor([[2.0, 2.0, -1.0, 9.0]]),
+                                      torch.tensor([[1.0, 1.0, 1.0, 0.0]]), 0.2)
+    assert loss.item() == pytest.approx(-3.4 / 3, abs=1e-6)
+
+
+def test_8_the_mean_is_over_the_agent_tokens_of_the_whole_batch():
+    # row 0 has 1 agent token (ratio 1, A = 3 -> 3), row 1 has 3 (ratio 1, A = 1 -> 1 each): (3 + 3) / 4 = 1.5;
+    # a mean of the rows' means would give (3 + 1) / 2 = 2
+    logps = torch.zeros(2, 3, requires_grad=True)
+    loss = adapters.clipped_surrogate(logps, torch.zeros(2, 3), torch.tensor([[3.0, 0.0, 0.0], [1.0, 1.0, 1.0]]),
+                                      torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]), 0.2)
+    assert loss.item() == pytest.approx(-1.5)
+    loss.backward()  # d loss / d logp = -ratio * A / 4 where unclipped, 0 where masked
+    assert logps.grad.flatten().tolist() == pytest.approx([-0.75, 0.0, 0.0, -0.25, -0.25, -0.25])

@@ -19,7 +19,6 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
-from common import end_of_turn_token
 
 
 def next_tokens(logits, temperature=0.0, top_p=1.0):
@@ -36,6 +35,17 @@ def next_tokens(logits, temperature=0.0, top_p=1.0):
         drop[:, -1] = False
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     return torch.multinomial(logits.softmax(-1), 1).squeeze(1)
+
+
+def end_of_turn_token(tokenizer):
+    """The special token the chat template puts after an assistant turn (<|im_end|>, <|eot_id|>, </s>...)."""
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "MARK"}],
+                                          tokenize=False)
+    after = rendered[rendered.rindex("MARK") + 4:].lstrip()
+    for token in sorted(tokenizer.all_special_tokens, key=len, reverse=True):
+        if token and after.startswith(token):
+            return token
+    return tokenizer.eos_token
 
 
 def stop_ids(tokenizer):

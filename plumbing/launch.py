@@ -1,11 +1,13 @@
 """How loop.py launches a stage: the command printed as a user would type it, run as a subprocess (under
-torchrun with --procs), skipped when its outputs exist; independent stages side by side with --jobs.
-What a reader of the ETO loop can skip."""
+torchrun with --procs) on the pinned CPU kernels, skipped when its outputs exist and were made by the
+same command; independent stages side by side with --jobs. What a reader of the ETO loop can skip."""
 import json
 import os
 import shlex
 import subprocess
 import sys
+
+from common import CPU_KERNELS, InputError
 
 MODEL_STAGES = ("sft.py", "dpo.py")  # these write a save_pretrained folder; the others a JSONL file
 TORCH_STAGES = ("explore.py", "sft.py", "dpo.py")  # with --procs N, these run under torchrun
@@ -17,6 +19,44 @@ class Launch:
     procs = 1        # --procs: the torch stages run under torchrun with this many processes
     dry_run = False  # --dry-run: print every command, run none
     jobs = 1         # --jobs: independent stages run this many at a time, the cores shared out
+    native_kernels = False  # --native-kernels: the CPU's own kernels (faster, other numbers), not CPU_KERNELS
+    redo_changed = False    # --redo-changed: a stage made by another command is redone, and every stage after it
+    redoing = False         # set once a stage was redone that way
+
+
+def kernel_settings():
+    """The `export` line that pins the CPU kernels (None with --native-kernels), and the variables it sets."""
+    if Launch.native_kernels:
+        return None, {}
+    return "export " + " ".join(f"{name}={value}" for name, value in CPU_KERNELS.items()), dict(CPU_KERNELS)
+
+
+def flag_values(words):
+    """{'--flag': 'value(s)'} of a command's words; a switch maps to ''."""
+    values, flag = {}, None
+    for word in words:
+        if word.startswith("--"):
+            flag = word
+            values[flag] = ""
+        elif flag is not None:
+            values[flag] = (values[flag] + " " + word).strip()
+    return values
+
+
+def changed_settings(recorded, wanted):
+    """How the recorded run of a stage differs from the one wanted now, in one phrase ('' when it does not).
+    Each is {'command': [...], 'cpu_kernels': {...}}."""
+    if recorded.get("command") is None:
+        return "it records no command (made by an older version, or by hand without one)"
+    before, now = flag_values(recorded["command"]), flag_values(wanted["command"])
+    before.update({f"{name}=": value or "(unset)" for name, value in (recorded.get("cpu_kernels") or {}).items()})
+    now.update({f"{name}=": value or "(unset)" for name, value in wanted["cpu_kernels"].items()})
+    for flag in list(before) + [flag for flag in now if flag not in before]:
+        if before.get(flag) != now.get(flag):
+            was = "absent" if flag not in before else repr(before[flag]) if before[flag] else "set"
+            is_ = "absent" if flag not in now else repr(now[flag]) if now[flag] else "set"
+            return f"{flag.rstrip('=')} was {was} there, is {is_} now"
+    return ""
 
 
 def run_stage(script, out, *flags):
@@ -32,10 +72,19 @@ def run_stages(stages):
     `OMP_NUM_THREADS=N python ... &` then `wait`; the first shows its progress, the others write it to OUT.log."""
     todo = []
     for script, out, flags in stages:
-        if os.path.exists(summary_file(script, out)) and not Launch.dry_run:
-            print(f"[done] {launch_words(script, *flags, '--out', out)[1]}", flush=True)
-        else:
-            todo.append((script, [*flags, "--out", out], out))
+        if os.path.exists(summary_file(script, out)) and not Launch.dry_run and not Launch.redoing:
+            stage_env = {**os.environ, **kernel_settings()[1]}  # what the stage would run under
+            change = changed_settings(read_record(script, out), {
+                "command": [*flags, "--out", out], "cpu_kernels": {name: stage_env.get(name) for name in CPU_KERNELS}})
+            if not change:
+                print(f"[done] {launch_words(script, *flags, '--out', out)[1]}", flush=True)
+                continue
+            if not Launch.redo_changed:  # never report old outputs under new settings
+                raise InputError(f"{out} was made by another command ({script}: {change}); use a new --run, or "
+                                 f"--redo-changed to redo that stage and every stage after it")
+            print(f"[changed: {change}] redoing it and every stage after it", flush=True)
+            Launch.redoing = True
+        todo.append((script, [*flags, "--out", out], out))
     for start in range(0, len(todo), Launch.jobs):
         group = todo[start:start + Launch.jobs]
         threads = str(max(1, len(os.sched_getaffinity(0)) // len(group))) if len(group) > 1 else None
@@ -55,15 +104,17 @@ def run_stages(stages):
                 sys.exit(process.returncode)
     if Launch.dry_run:
         return [None] * len(stages)
-    summaries = []
-    for script, out, _ in stages:
-        with open(summary_file(script, out)) as f:
-            summaries.append(json.load(f)["summary"])
-    return summaries
+    return [read_record(script, out)["summary"] for script, out, _ in stages]
 
 
 def summary_file(script, out):
     return os.path.join(out, "args.json") if script in MODEL_STAGES else out + ".args.json"
+
+
+def read_record(script, out):
+    """What a finished stage wrote beside its output (common.stage_record): args, command, summary, ..."""
+    with open(summary_file(script, out)) as f:
+        return json.load(f)
 
 
 def start_command(script, flags, threads=None, log=None):
@@ -75,7 +126,9 @@ def start_command(script, flags, threads=None, log=None):
     print(f"$ {shown}{' &' if threads else ''}", flush=True)
     if Launch.dry_run:
         return None, shown, log
-    env = {**os.environ, "OMP_NUM_THREADS": threads} if threads else None
+    env = {**os.environ, **kernel_settings()[1]}
+    if threads:
+        env["OMP_NUM_THREADS"] = threads
     if log:
         os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
     stderr = open(log, "w") if log else None

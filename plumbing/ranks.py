@@ -18,6 +18,7 @@ class Ranks:
     world: int = 1
     device: str = "cpu"
     fsdp: bool = False  # shard weights, gradients and optimizer state (fully_shard) instead of a copy each (DDP)
+    counting: bool = True  # whether the pass `passes` last yielded counts (see `backward`)
 
     @classmethod
     def start(cls, device, fsdp=False):
@@ -54,25 +55,33 @@ class Ranks:
         return model
 
     def passes(self, model, items, split):
-        """Yield (micro_batch, weight) for one optimizer step over `items`: this rank's share of them, split
-        into forward passes by `split(share)` (common.micro_batches). Multiply each pass's loss by `weight`
-        before backward: it undoes DDP's mean over ranks (x world), and is 0 on a pass that counts nothing
-        (an empty share still joins the all-reduce; under fully_shard every rank runs as many passes as the
-        busiest). The ranks average their gradients once per step, in the last pass's backward."""
+        """Yield the forward passes of one optimizer step over `items`: this rank's share of them, split by
+        `split(share)` (common.micro_batches). Call `backward(loss)` once a pass. Under torchrun a rank
+        with no share, or (fully_shard) fewer passes than the busiest rank, still runs a pass on one item
+        so that every rank joins each all-reduce; such a pass counts nothing (`counting` is False). The
+        ranks average their gradients once per step, in the last pass's backward."""
         share = shard(items, self.rank, self.world)
-        weight = self.world if share else 0
         passes = split(share or items[:1])
+        counted = [bool(share)] * len(passes)
         if self.world > 1 and self.fsdp:  # every forward gathers weights from all ranks: keep up with the busiest
             import torch.distributed as dist
             most = torch.tensor([len(passes)], device=self.device)
             dist.all_reduce(most, op=dist.ReduceOp.MAX)
-            passes = passes + [None] * (int(most.item()) - len(passes))
+            extra = int(most.item()) - len(passes)
+            passes, counted = passes + [items[:1]] * extra, counted + [False] * extra
         for i, micro in enumerate(passes):
+            self.counting = counted[i]
             with self._gradient_sync(model, sync=i == len(passes) - 1):
-                if micro is None:  # a pass run only to keep up with the other ranks
-                    yield items[:1], 0
-                else:
-                    yield micro, weight
+                yield micro
+
+    def backward(self, loss):
+        """loss.backward() for a pass of `passes`. Under torchrun DDP averages the gradients over the ranks
+        while each rank's loss is already its share of the step's sum, so the loss is scaled by the number
+        of ranks to undo that mean, and by 0 on a pass that counts nothing."""
+        if self.world == 1:
+            loss.backward()
+        else:
+            (loss * (self.world if self.counting else 0)).backward()
 
     @contextlib.contextmanager
     def _gradient_sync(self, model, sync):

@@ -29,11 +29,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the stages live one folder up
 import envs
-from common import (InputError, autocast, end_of_turn_token, load_model, micro_batches, pad_batch, read_jsonl, run_main,
+from common import (InputError, autocast, load_model, micro_batches, pad_batch, read_jsonl, run_main,
                     sequence_logps, tokenize_conversation)
-from dpo import Objective, accumulate_step, reference_logps
-from pairs import tokenize_pair
+from dpo import Objective, accumulate_step, reference_logps, tokenize_pair
 from explore import make_generate_policy, rollout
+from plumbing.decode import end_of_turn_token
 from plumbing.ranks import Ranks
 from sft import length_batches, masked_nll
 

@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the stages live one folder up
 from common import micro_batches, write_jsonl
 from dpo import Objective, accumulate_step, reference_logps
-from pairs import tokenize_pair
+from dpo import tokenize_pair
 from plumbing.ranks import Ranks
 from envs.shop import ShopEnv
 from sft import build_tiny_model, build_tiny_tokenizer

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from plumbing.ranks import Ranks, shard
-from pairs import tokenize_pair
+from dpo import tokenize_pair
 from tests.test_dpo import step_gradient, tiny_model_and_pairs
 
 from pairs import make_pairs

@@ -8,8 +8,8 @@ import torch
 
 import dpo
 from common import InputError, micro_batches, sequence_logps
-from dpo import Objective, accumulate_step, dpo_loss
-from pairs import tokenize_pair
+from dpo import Objective, accumulate_step, dpo_loss, tokenize_pair
+from dpo_variants import conservative_dpo_loss, dpop_loss, hinge_loss, ipo_loss
 from plumbing.ranks import Ranks
 from pairs import make_pairs
 from sft import build_tiny_model, build_tiny_tokenizer
@@ -35,29 +35,29 @@ def test_loss_variants_match_hand_computation(beta):
     pc, pr, rc, rr = -1.0, -3.0, -2.0, -2.5  # h = (-1 + 2) - (-3 + 2.5) = 1.5
     args = [torch.tensor([v]) for v in (pc, pr, rc, rr)]
     h = 1.5
-    ipo, _, _ = dpo_loss(*args, beta, loss_type="ipo")
+    ipo, _, _ = ipo_loss(*args, beta)
     assert ipo.item() == pytest.approx((h - 1 / (2 * beta)) ** 2, rel=1e-6)
-    hinge, _, _ = dpo_loss(*args, beta, loss_type="hinge")
+    hinge, _, _ = hinge_loss(*args, beta)
     assert hinge.item() == pytest.approx(max(0.0, 1 - beta * h), abs=1e-6)
     with pytest.raises(InputError, match="unknown loss 'kto'; valid losses: sigmoid, ipo, hinge, dpop"):
-        dpo_loss(*args, beta, loss_type="kto")
+        Objective(beta, loss="kto")
 
 
 def test_dpop_matches_hand_computation():
     # chosen fell below the reference: log-ratio -1 + 0.5 = -0.5; rejected -3 + 1 = -2; h = 1.5
     # lambda 2, beta 0.5: -log s(0.5 (1.5 - 2 * 0.5)) = -log s(0.25) = log(1 + e^-0.25) = 0.57593942
     args = [torch.tensor([v]) for v in (-1.0, -3.0, -0.5, -1.0)]
-    dpop, chosen_rewards, _ = dpo_loss(*args, 0.5, loss_type="dpop", dpop_lambda=2.0)
+    dpop, chosen_rewards, _ = dpop_loss(*args, 0.5, dpop_lambda=2.0)
     assert dpop.item() == pytest.approx(0.57593942, abs=1e-6) and chosen_rewards.item() == pytest.approx(-0.25)
     # chosen at or above the reference: no penalty, DPO's loss exactly
     args = [torch.tensor([v]) for v in (-1.0, -3.0, -2.0, -2.5)]
-    assert dpo_loss(*args, 0.5, loss_type="dpop", dpop_lambda=2.0)[0].item() == pytest.approx(sigmoid_loss(0.5 * 1.5), rel=1e-6)
+    assert dpop_loss(*args, 0.5, dpop_lambda=2.0)[0].item() == pytest.approx(sigmoid_loss(0.5 * 1.5), rel=1e-6)
     # the penalty's gradient pushes the chosen side up harder than DPO's alone
     grads = []
     for loss_type in ("sigmoid", "dpop"):
         chosen = torch.tensor([-1.0], requires_grad=True)
-        dpo_loss(chosen, torch.tensor([-3.0]), torch.tensor([-0.5]), torch.tensor([-1.0]), 0.5, loss_type=loss_type,
-                 dpop_lambda=2.0)[0].sum().backward()
+        Objective(0.5, loss=loss_type, dpop_lambda=2.0).preference_losses(
+            chosen, torch.tensor([-3.0]), torch.tensor([-0.5]), torch.tensor([-1.0]))[0].sum().backward()
         grads.append(chosen.grad.item())
     assert grads[1] < grads[0] < 0
 
@@ -67,11 +67,13 @@ def test_conservative_dpo_matches_golden_values(beta, expected):
     # e = 0.2, h = 1.5: 0.8 (-log s(bh)) + 0.2 (-log s(-bh)) = -log s(bh) + 0.2 bh, as -log s(-x) = -log s(x) + x;
     # beta 1: log(1 + e^-1.5) + 0.3 = 0.20141328 + 0.3; beta 0.1: log(1 + e^-0.15) + 0.03 = 0.62095705 + 0.03
     args = [torch.tensor([v]) for v in (-1.0, -3.0, -2.0, -2.5)]
-    conservative, _, _ = dpo_loss(*args, beta, label_smoothing=0.2)
+    conservative, _, _ = conservative_dpo_loss(*args, beta, label_smoothing=0.2)
     assert conservative.item() == pytest.approx(expected, abs=1e-6)
+    smoothed, _, _ = Objective(beta, label_smoothing=0.2).preference_losses(*args)  # what dpo.py trains with
+    assert smoothed.item() == pytest.approx(expected, abs=1e-6)
     for loss_type in ("ipo", "hinge"):  # label smoothing is the sigmoid loss's: refused, never ignored
-        with pytest.raises(InputError, match=f"the {loss_type} loss has none"):
-            dpo_loss(*args, beta, loss_type=loss_type, label_smoothing=0.2)
+        with pytest.raises(InputError, match=f"--loss {loss_type} has none"):
+            Objective(beta, loss=loss_type, label_smoothing=0.2)
 
 
 def test_dpo_loss_is_log2_when_policy_equals_reference_and_rewards_are_detached():

@@ -8,7 +8,8 @@ import torch
 
 import envs
 from envs.expert import make_expert_policy, make_forcing_policy, make_in_context_policy, step_prefixes
-from explore import INVALID_FORMAT, make_generate_policy, parse_action, rollout, summarize
+from envs import parse_action
+from explore import INVALID_FORMAT, make_generate_policy, rollout, summarize
 from sft import build_tiny_model, build_tiny_tokenizer
 from tests.conftest import ROOT, run_in_process
 
@@ -175,7 +176,7 @@ def test_sampling_draws_as_generate_does():
 
 
 def policy_stop_ids(tokenizer):
-    from common import end_of_turn_token
+    from plumbing.decode import end_of_turn_token
     return sorted({tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)), tokenizer.eos_token_id})
 
 
@@ -233,7 +234,7 @@ def test_the_in_context_example_comes_between_the_system_message_and_the_task():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--env", "webshop", "--expert"], "unknown env 'webshop'; valid envs: household, scienceworld, shop"),
+    (["--env", "webshop", "--expert"], "unknown env 'webshop'; valid envs: doors, household, scienceworld, shop"),
     (["--split", "valid", "--expert"], "unknown split 'valid'; valid splits: train, test_seen, test_unseen, dev"),
     (["--model", "no/such/folder"], "cannot load model 'no/such/folder'"),
     (["--model", "no/such/model.gguf"], "cannot load model 'no/such/model.gguf': no such file"),

@@ -27,6 +27,7 @@ def test_loop_refuses_bad_counts_in_one_line(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+PIN_LINE = "$ export ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2"
 LOOP = [sys.executable, "loop.py", "--train-limit", "8", "--eval-limit", "2", "--sft-epochs", "1", "--iterations", "1",
         "--dpo-epochs", "1", "--max-steps", "2"]
 
@@ -52,9 +53,24 @@ def test_loop_runs_and_resume_skips_finished_stages(tmp_path):
     assert all(f"{r['avg_reward']:.1f}" in table for r in rows)
     second = subprocess.run(LOOP + ["--run", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     reran = [line for line in second.stdout.splitlines() if line.startswith("$ ")]
-    assert second.returncode == 0 and reran == [f"$ python report.py --run {run}"]  # the page is always rewritten
+    assert second.returncode == 0 and reran == [PIN_LINE, f"$ python report.py --run {run}"]  # the page is rewritten
     assert second.stdout.count("[done]") == 14
     assert read_rows(run) == rows
+
+    # a changed flag into a finished run: one line naming the stage and the flag, nothing reported or recorded
+    loop_args = (run / "loop_args.json").read_text()
+    changed = subprocess.run(LOOP + ["--run", str(run), "--dpo-lr", "0.5"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=600)
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr, changed.stderr[-2000:]
+    assert changed.stderr.strip().splitlines() == [
+        f"error: {run}/iter1/model was made by another command (dpo.py: --lr was '3e-05' there, is '0.5' now); "
+        "use a new --run, or --redo-changed to redo that stage and every stage after it"]
+    assert "model " not in changed.stdout  # no table
+    assert (run / "loop_args.json").read_text() == loop_args and read_rows(run) == rows
+    # --native-kernels is a change too: the stages would compute other numbers
+    native = subprocess.run(LOOP + ["--run", str(run), "--native-kernels"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert native.returncode == 2 and "(explore.py: ATEN_CPU_CAPABILITY was 'avx2' there, is '(unset)' now)" in native.stderr
 
     # killed mid-stage (the DPO stage, with its child process), then rerun: it resumes to the same results.
     # The stages before DPO are copied from the first run (the same flags give the same files).
@@ -123,20 +139,38 @@ def stage(commands, script, out):
     return command
 
 
+TINY_LR, TINY_BETA = "3e-05", "0.1"  # the lecture recipe's DPO settings, chosen on dev (docs/results.md)
+
+
 def test_the_stages_get_the_defaults_that_fit_the_model_and_a_given_flag_wins():
-    tiny = dry_run("--run", "r")  # the lecture recipe
-    assert "--level divergence" in stage(tiny, "pairs.py", "r/iter1/pairs.jsonl")
+    tiny = dry_run("--run", "r")  # the lecture recipe: the paper's pair rule and Eq. 11 alone
+    assert stage(tiny, "pairs.py", "r/iter1/pairs.jsonl") == (
+        "python pairs.py --explored r/iter1/explore.jsonl --expert r/expert.jsonl --level trajectory "
+        "--out r/iter1/pairs.jsonl")
     assert " --tiny-layers 2 --epochs 5 --lr 0.003 --batch-size 4 " in stage(tiny, "sft.py", "r/sft")
     assert " --samples 1 --limit 500 --seed 0 --batch-size 200 " in stage(tiny, "explore.py", "r/iter1/explore.jsonl")
-    assert " --sft-weight 1.0 --lr 0.0001 --beta 1.0 --epochs 1 --batch-size 8 " in stage(tiny, "dpo.py", "r/iter1/model")
+    eto = stage(tiny, "dpo.py", "r/iter1/model")
+    assert eto.startswith(f"python dpo.py --model r/sft --pairs r/iter1/pairs.jsonl --lr {TINY_LR} --beta {TINY_BETA} ")
+    assert "--sft-weight" not in eto and "--loss" not in eto and "--dpo-weight" not in eto  # no NLL term: Eq. 11
     full = dry_run("--run", "r", "--recipe", "full")
     assert " --tiny-layers 4 --epochs 10 --lr 0.003 --batch-size 16 " in stage(full, "sft.py", "r/sft")
     assert " --limit " not in stage(full, "explore.py", "r/iter1/explore.jsonl")  # every train task
-    assert " --sft-weight 1.0 --lr 0.0001 --beta 1.0 --epochs 2 --batch-size 32 " in stage(full, "dpo.py", "r/iter1/model")
+    assert "--level trajectory" in stage(full, "pairs.py", "r/iter1/pairs.jsonl")
+    assert "--sft-weight" not in stage(full, "dpo.py", "r/iter1/model")
+    # the divergence-pairs-with-NLL variant, one flag away, beside ETO from the same policy and exploration
+    variant = dry_run("--run", "r", "--variants", "divergence-nll")
+    assert stage(variant, "pairs.py", "r/iter1/pairs-eto-divergence-nll.jsonl") == (
+        "python pairs.py --explored r/iter1/explore.jsonl --expert r/expert.jsonl --level divergence "
+        "--out r/iter1/pairs-eto-divergence-nll.jsonl")
+    assert stage(variant, "dpo.py", "r/iter1/eto-divergence-nll").startswith(
+        "python dpo.py --model r/sft --pairs r/iter1/pairs-eto-divergence-nll.jsonl --sft-weight 1.0 --lr 0.0001 "
+        "--beta 1.0 ")
+    assert stage(variant, "dpo.py", "r/iter1/model") == eto
+    assert stage(variant, "explore.py", "r/eval/eto-divergence-nll-1.test_unseen.jsonl")
     assert " --limit 100 " in stage(dry_run("--run", "r", "--train-limit", "100"), "explore.py", "r/iter1/explore.jsonl")
     loaded = dry_run("--run", "r", "--model", "path/to/chat-model")  # the paper's settings
     assert "--level trajectory" in stage(loaded, "pairs.py", "r/iter1/pairs.jsonl")
-    assert " --sft-weight 0.0 --lr 1e-06 --beta 0.1 --epochs 3 --batch-size 32 " in stage(loaded, "dpo.py", "r/iter1/model")
+    assert " --pairs r/iter1/pairs.jsonl --lr 1e-06 --beta 0.1 --epochs 3 --batch-size 32 " in stage(loaded, "dpo.py", "r/iter1/model")
     assert " --lr " not in stage(loaded, "sft.py", "r/sft")  # sft.py picks its lr by model
     assert " --tiny-layers " not in stage(loaded, "sft.py", "r/sft")
     assert " --limit " not in stage(loaded, "explore.py", "r/iter1/explore.jsonl")

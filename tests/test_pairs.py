@@ -6,8 +6,9 @@ import sys
 import pytest
 
 from common import InputError
-from explore import parse_action
-from pairs import best_and_worst, make_pairs, on_policy_references, tokenize_pair
+from envs import parse_action
+from dpo import tokenize_pair
+from pairs import best_and_worst, make_pairs, on_policy_references
 from sft import build_tiny_tokenizer
 from tests.conftest import ROOT
 

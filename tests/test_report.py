@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pairs import tokenize_pair
+from dpo import tokenize_pair
 from common import sequence_logps
 from envs.shop import ShopEnv
 from explore import rollout

@@ -23,7 +23,7 @@ def expert_actions(env, task_id):
 
 
 def test_unknown_env_and_split_list_the_valid_ones():
-    with pytest.raises(ValueError, match="valid envs: household, scienceworld, shop"):
+    with pytest.raises(ValueError, match="valid envs: doors, household, scienceworld, shop"):
         envs.make("webshop")
     with pytest.raises(ValueError, match="train, test_seen, test_unseen, dev"):
         ENV.task_ids("valid")
