@@ -16,6 +16,62 @@ import torch
 from plumbing.ranks import finish as finish_ranks
 
 
+# ---- the loss mask and the log-probs it selects: what SFT trains on and DPO compares -------------
+def tokenize_conversation(tokenizer, messages, max_length=None, train_from=0):
+    """(input_ids, loss_mask) of a conversation rendered with the tokenizer's chat template.
+
+    The ids are the tokenization of the whole rendered text, so they match what the model sees at
+    generation time. The mask is 1 on each assistant turn (index >= `train_from`: a pair's prompt may
+    hold earlier turns) from the end of its generation prompt to its end-of-turn token, and 0 elsewhere.
+    Each turn is located by rendering the conversation up to it, never by searching for its content:
+    a search finds an empty or one-letter reply inside the markup before it. Masks are built from
+    character positions, never from token ids: in many chat tokenizers pad == eos.
+    """
+    def render(upto, generation_prompt=False):
+        return tokenizer.apply_chat_template(messages[:upto], tokenize=False,
+                                             add_generation_prompt=generation_prompt)
+    text = render(len(messages))
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant" or index < train_from:
+            continue
+        prompt = render(index, generation_prompt=True)  # the reply starts where its prompt ends ...
+        through_reply = render(index + 1).rstrip()      # ... and ends at its end-of-turn token
+        if not (text.startswith(prompt) and text.startswith(through_reply)) or len(prompt) > len(through_reply):
+            raise InputError("the chat template does not render a conversation as its turns one after "
+                             "another, so the loss mask cannot be built turn by turn")
+        spans.append((len(prompt), len(through_reply)))
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids, loss_mask = encoding["input_ids"], []
+    for token_start, token_end in encoding["offset_mapping"]:
+        loss_mask.append(int(any(token_start < end and token_end > start for start, end in spans)))
+    if max_length is not None:
+        input_ids, loss_mask = input_ids[:max_length], loss_mask[:max_length]
+    return input_ids, loss_mask
+
+
+def pad_batch(sequences, pad_value):
+    width = max(len(s) for s in sequences)
+    return torch.tensor([list(s) + [pad_value] * (width - len(s)) for s in sequences])
+
+
+def token_logps(model, input_ids, attention_mask):
+    """log p(token_t | tokens_<t) for t = 1..T-1, shape (B, T-1)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    return torch.gather(logits.log_softmax(-1), 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def sequence_logps(model, sequences, device, average=False):
+    """Per sequence of (ids, mask): the sum (or mean) of log p over its masked tokens, and their count; (B,) each."""
+    ids = pad_batch([ids for ids, _ in sequences], 0).to(device)
+    mask = pad_batch([mask for _, mask in sequences], 0).to(device)[:, 1:].float()
+    attention = pad_batch([[1] * len(ids) for ids, _ in sequences], 0).to(device)
+    logps = (token_logps(model, ids, attention) * mask).sum(-1)
+    counts = mask.sum(-1)
+    return (logps / counts if average else logps), counts
+
+
+# ---- errors, flags, seeds -----------------------------------------------------------------------
 class InputError(Exception):
     """A problem the user must fix (bad input, a diverged run): printed as one line, exit status 2."""
 
@@ -52,7 +108,7 @@ def add_system_flags(parser):
     group.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
     group.add_argument("--autocast", default="none", choices=("none", "bf16"),
                        help="bf16: matmuls in bf16 under torch.autocast, weights and optimizer state in fp32; faster "
-                            "on GPUs and CPUs with AVX-512 BF16, ~20x slower on AVX2-only CPUs (research/bench.py tells)")
+                            "on GPUs and CPUs with AVX-512 BF16, ~14x slower on AVX2-only CPUs (docs/performance.md)")
     group.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
 
 
@@ -221,13 +277,14 @@ def format_table(rows):
     stages = list(dict.fromkeys(row["stage"] for row in rows))
     splits = [split for split in ("dev", "test_seen", "test_unseen") if any(row["split"] == split for row in rows)]
     by_key = {(row["stage"], row["split"]): row for row in rows}
-    lines = [f"{'model':<18}" + "".join(f"{split + ' reward':>20}{'success':>10}" for split in splits)]
+    width = max([18] + [len(stage) + 2 for stage in stages])
+    lines = [f"{'model':<{width}}" + "".join(f"{split + ' reward':>20}{'success':>10}" for split in splits)]
     for stage in stages:
         cells = ""
         for split in splits:
             row = by_key.get((stage, split))
             cells += f"{row['avg_reward']:>20.1f}{row['success_rate']:>10.1f}" if row else f"{'-':>20}{'-':>10}"
-        lines.append(f"{stage:<18}{cells}")
+        lines.append(f"{stage:<{width}}{cells}")
     return "\n".join(lines)
 
 
@@ -289,40 +346,7 @@ def checked_chat_model(path, model, tokenizer, device):
     return model.to(device), tokenizer
 
 
-# ---- the loss mask and the log-probs it selects -------------------------------------------------------
-def tokenize_conversation(tokenizer, messages, max_length=None, train_from=0):
-    """(input_ids, loss_mask) of a conversation rendered with the tokenizer's chat template.
-
-    The ids are the tokenization of the whole rendered text, so they match what the model sees at
-    generation time. The mask is 1 on each assistant turn (index >= `train_from`: a pair's prompt may
-    hold earlier turns) from the end of its generation prompt to its end-of-turn token, and 0 elsewhere.
-    Each turn is located by rendering the conversation up to it, never by searching for its content:
-    a search finds an empty or one-letter reply inside the markup before it. Masks are built from
-    character positions, never from token ids: in many chat tokenizers pad == eos.
-    """
-    def render(upto, generation_prompt=False):
-        return tokenizer.apply_chat_template(messages[:upto], tokenize=False,
-                                             add_generation_prompt=generation_prompt)
-    text = render(len(messages))
-    spans = []
-    for index, message in enumerate(messages):
-        if message["role"] != "assistant" or index < train_from:
-            continue
-        prompt = render(index, generation_prompt=True)  # the reply starts where its prompt ends ...
-        through_reply = render(index + 1).rstrip()      # ... and ends at its end-of-turn token
-        if not (text.startswith(prompt) and text.startswith(through_reply)) or len(prompt) > len(through_reply):
-            raise InputError("the chat template does not render a conversation as its turns one after "
-                             "another, so the loss mask cannot be built turn by turn")
-        spans.append((len(prompt), len(through_reply)))
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    input_ids, loss_mask = encoding["input_ids"], []
-    for token_start, token_end in encoding["offset_mapping"]:
-        loss_mask.append(int(any(token_start < end and token_end > start for start, end in spans)))
-    if max_length is not None:
-        input_ids, loss_mask = input_ids[:max_length], loss_mask[:max_length]
-    return input_ids, loss_mask
-
-
+# ---- batches: a step split into forward passes, examples cut to length ------------------------------
 def micro_batches(items, size, token_budget=None, length=len):
     """Split one optimizer step's items into forward passes of at most `size` items and, with a budget,
     at most `token_budget` padded tokens (longest length x count): long sequences go fewer to a pass, so
@@ -362,24 +386,3 @@ def cut_to_length(examples, max_length):
             continue
         kept.append(example)
     return kept, skipped, truncated
-
-
-def pad_batch(sequences, pad_value):
-    width = max(len(s) for s in sequences)
-    return torch.tensor([list(s) + [pad_value] * (width - len(s)) for s in sequences])
-
-
-def token_logps(model, input_ids, attention_mask):
-    """log p(token_t | tokens_<t) for t = 1..T-1, shape (B, T-1)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-    return torch.gather(logits.log_softmax(-1), 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-
-
-def sequence_logps(model, sequences, device, average=False):
-    """Per sequence of (ids, mask): the sum (or mean) of log p over its masked tokens, and their count; (B,) each."""
-    ids = pad_batch([ids for ids, _ in sequences], 0).to(device)
-    mask = pad_batch([mask for _, mask in sequences], 0).to(device)[:, 1:].float()
-    attention = pad_batch([[1] * len(ids) for ids, _ in sequences], 0).to(device)
-    logps = (token_logps(model, ids, attention) * mask).sum(-1)
-    counts = mask.sum(-1)
-    return (logps / counts if average else logps), counts

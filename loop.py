@@ -1,24 +1,20 @@
 """The whole ETO loop as the shell commands a user would type, resumable, with an honest control.
 
-    python loop.py                                   # offline default: shop env, tiny model, CPU, lecture recipe
-    python loop.py --run runs/full --recipe full     # the recipe of the results tables (10 SFT epochs, ...)
-    python loop.py --run runs/seed1 --seed 1 --iterations 3
-    python loop.py --run runs/smol --model path/to/chat-model      # the paper's lr, beta, epochs, pairs
-    python loop.py --run runs/paper --iterations 2 --later-beta 0.5 --later-dpo-lr 5e-7 --pair-level trajectory
+    python loop.py                                   # the paper's ETO on the shop env, tiny model, CPU, ~5 min
+    python loop.py --run runs/seed1 --seed 1 --iterations 2 --variants divergence-nll
+    python loop.py --run runs/smol --model path/to/chat-model      # the paper's lr, beta, epochs
     python loop.py --run runs/gpus --model path/to/chat-model --procs 4     # torchrun: a GPU a process
 
-Expert data -> SFT -> evaluation; then for each iteration i: explore the train tasks with the current
-policy -> failure/expert pairs -> DPO with reference = the current policy -> evaluation on test_seen
-and test_unseen. Beside it runs the control "sft-continued": the same chosen trajectories, the same
-number of steps, NLL only (`dpo.py --dpo-weight 0 --sft-weight 1`), so a gain that more training on
-expert data alone would give is not credited to the failures.
+Expert data -> SFT -> evaluation; then each iteration: explore the train tasks with the current policy ->
+the paper's failure/expert pairs -> DPO (Eq. 11) with reference = the current policy -> evaluation. Beside
+it the control "sft-continued": NLL on the same pairs' chosen side, same steps and lr (`dpo.py
+--dpo-weight 0 --sft-weight 1`), so what more training on expert turns gives is not credited to failures.
 
-Every command is printed before it runs. A stage whose outputs exist is skipped (`run_stage`, in
-plumbing/launch.py): every stage writes its outputs by rename, so a killed stage leaves nothing that
-looks complete. Skipping looks at the files, not the flags: for new settings, use a new --run folder. Results go to
-RUN/results.jsonl (one line per model and split), the table is printed at the end, and report.py
-writes RUN/report.html: what each model does and what the pairs moved. Baselines,
-seeds, tables and the plot are experiments built on this loop: see research/experiments.py.
+Every command is printed before it runs, on the pinned AVX2 kernels (common.CPU_KERNELS). A stage whose
+output exists and records the same command is skipped (plumbing/launch.py), so a killed run resumes; one
+made by another command stops the loop with one line naming the flag (--redo-changed redoes it and
+every stage after it). The table is printed at the end, RUN/results.jsonl holds its rows, and report.py
+writes RUN/report.html. Baselines and seeds are experiments built on this loop: research/.
 """
 import argparse
 import json
@@ -27,18 +23,16 @@ import time
 from dataclasses import dataclass
 
 from common import HelpFormatter, InputError, format_table, run_main, write_json, write_jsonl
-from plumbing.launch import Launch, kernel_settings, launch_words, run_command, run_stage, run_stages
+from plumbing.launch import (Launch, add_launch_flags, kernel_settings, launch_words, run_command, run_stage, run_stages,
+                             set_launch)
 
 SPLITS = ("dev", "test_seen", "test_unseen")  # what --eval-splits may name: choose settings on dev, report the tests
 PAIR_LEVELS = ("trajectory", "divergence", "step", "mixture")
 
-# The tiny model's recipes. Both run the paper's algorithm: whole-trajectory pairs by the paper's rule and
-# Eq. 11 alone (no NLL term), reference = the policy at the start of the iteration. What must change with a
-# 1M-parameter model trained from scratch was chosen on the shop env's dev split (docs/results.md): SFT's
-# epochs, batch and lr, and DPO's lr, beta, epochs and batch. "lecture", the default, takes ~4 minutes on
-# 2 cores: a 2-layer model trained for 5 epochs of batch 4, the first 500 train tasks explored, independent
-# stages two at a time. "full" is a 4-layer model, 10 SFT epochs, every train task, one stage at a time.
-# A loaded (pretrained chat) model takes the paper's DPO settings under either, and sft.py's SFT defaults.
+# The tiny model's recipes: the paper's algorithm (its pair rule, Eq. 11 alone, beta 0.1), with the settings a
+# 1M-parameter model trained from scratch needs chosen on the shop's dev split (docs/results.md): SFT's epochs,
+# batch and lr, DPO's lr, epochs and batch. "lecture", the default (~5 minutes on 2 cores), and "full" (4 layers,
+# 10 SFT epochs, every train task). A loaded chat model takes the paper's DPO settings and sft.py's SFT defaults.
 RECIPES = {
     "lecture": {"tiny_layers": 2, "sft_epochs": 5, "sft_batch_size": 4, "sft_lr": 3e-3, "explore_limit": 500,
                 "pair_level": "trajectory", "dpo_lr": 3e-5, "beta": 0.1, "dpo_epochs": 1, "dpo_batch_size": 8,
@@ -49,10 +43,8 @@ RECIPES = {
 }
 PAPER_DEFAULTS = {"explore_limit": 0, "pair_level": "trajectory", "dpo_lr": 1e-6, "beta": 0.1, "dpo_epochs": 3,
                   "dpo_batch_size": 32, "sft_weight": 0.0, "jobs": 1}
-# --variants: departures from the paper, each trained beside ETO from the same policy and evaluated as
-# "eto-NAME-i". divergence-nll: pairs cut to the first turn whose action differs (pairs.py --level
-# divergence) and an NLL term on the chosen side (dpo.py --sft-weight 1), at the DPO settings chosen for it
-# on dev.
+# --variants: departures from the paper, each trained beside ETO from the same policy, rows "eto-NAME-i".
+# divergence-nll: pairs cut to the first turn whose action differs, plus NLL on the chosen side, lr 1e-4, beta 1.
 VARIANTS = {"divergence-nll": {"pair_level": "divergence", "sft_weight": 1.0, "lr": 1e-4, "beta": 1.0}}
 
 
@@ -214,9 +206,10 @@ def add_loop_flags(parser):
     parser.add_argument("--env", default="shop", help="shop, scienceworld, household (see envs/)")
     parser.add_argument("--model", default="tiny", help="'tiny' (built offline) or a HF chat-model folder or .gguf file")
     parser.add_argument("--recipe", default="lecture", choices=tuple(RECIPES),
-                        help="the tiny model's settings below, where a flag leaves them unset: lecture (~4 min on 2 "
-                             "AVX-512 cores) or full (~15 min: the recipe of most docs/results.md tables)")
-    parser.add_argument("--iterations", type=int, default=1, help="explore -> pairs -> DPO rounds (the paper: 2)")
+                        help="the tiny model's settings below, where a flag leaves them unset: lecture (~5 min on 2 "
+                             "cores) or full (a 4-layer model on every train task, 3x as long)")
+    parser.add_argument("--iterations", type=int, default=1, help="explore -> pairs -> DPO rounds (the paper: 2; one, "
+                        "from dev and time: a second helped the control more than ETO, and adds ~2 minutes)")
     parser.add_argument("--seed", type=int, default=0, help="passed to every stage")
     parser.add_argument("--no-control", action="store_true", help="skip the sft-continued control")
     parser.add_argument("--train-limit", type=int, default=None, help="train tasks used (None: all)")
@@ -227,21 +220,10 @@ def add_loop_flags(parser):
     parser.add_argument("--max-steps", type=int, default=None, help="actions per episode (None: the env's)")
     parser.add_argument("--autocast", default="none", choices=("none", "bf16"),
                         help="training matmuls in bf16 (sft.py/dpo.py --autocast); see docs/performance.md")
-    parser.add_argument("--procs", type=int, default=1, help="processes per explore/SFT/DPO stage (torchrun: a GPU "
-                                                              "each where CUDA is; on CPU they share the cores)")
-    parser.add_argument("--jobs", type=int, default=None, help="independent stages (the splits' evaluations, DPO and "
-                        "its control) run this many at a time, the cores shared out; None: the lecture recipe's 2, "
-                        "1 for the full recipe, a loaded model or --procs above 1")
     parser.add_argument("--variants", default="", type=lambda text: [name for name in text.split(",") if name],
                         help="comma list of departures from the paper to train and evaluate beside ETO, each from "
                              "the same policy: " + ", ".join(VARIANTS) + " (see VARIANTS in loop.py)")
-    parser.add_argument("--redo-changed", action="store_true", help="a finished stage whose recorded command differs "
-                        "from the one wanted is redone, with every stage after it (otherwise the loop stops there)")
-    parser.add_argument("--native-kernels", action="store_true", help="run the stages on the CPU's own kernels (AVX-512 "
-                        "where it has it: faster, but a seed then trains another model than on an AVX2-only CPU); "
-                        "the default pins them to AVX2 (common.CPU_KERNELS), so every x86-64 CPU prints one table")
-    parser.add_argument("--dry-run", action="store_true", help="print every stage's command, run none")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_launch_flags(parser)  # --procs, --jobs, --redo-changed, --native-kernels, --dry-run, --debug
     sft = parser.add_argument_group("SFT (None: the recipe's for tiny; sft.py's default for a loaded model)")
     sft.add_argument("--tiny-layers", type=int, default=None, help="sft.py --tiny-layers, the tiny model's decoder "
                                                                    "layers: lecture 2, full 4; a loaded model has its own")
@@ -257,17 +239,20 @@ def add_loop_flags(parser):
                          help="explore.py --batch-size for exploring and evaluating; tiny: 200 (greedy episodes come "
                               "out the same at any batch size, a big batch sooner); None: explore.py's default")
     explore.add_argument("--pair-level", default=None, choices=PAIR_LEVELS,
-                         help="None: divergence for tiny, trajectory (the paper's) for a loaded model; step: the "
-                              "agent acts after t-1 teacher-forced expert turns (paper App. B); mixture: both")
+                         help="None: trajectory, the paper's rule (the explored side cut to the expert's turns + 5); "
+                              "divergence: the first turn whose action differs; step: the agent acts after t-1 "
+                              "teacher-forced expert turns (paper App. B); mixture: trajectory and step")
     dpo = parser.add_argument_group(
-        "DPO (None: by model; for tiny, the recipe's; for a loaded model, the paper's)")
-    dpo.add_argument("--dpo-lr", type=float, default=None, help="tiny: 1e-4; loaded: 1e-6")
-    dpo.add_argument("--beta", type=float, default=None, help="tiny: 1.0; loaded: 0.1")
-    dpo.add_argument("--dpo-epochs", type=int, default=None, help="tiny: lecture 1, full 2; loaded: 3")
-    dpo.add_argument("--sft-weight", type=float, default=None, help="NLL on chosen added to ETO's DPO loss; tiny: 1; "
-                                                                    "loaded: 0")
-    dpo.add_argument("--dpo-batch-size", type=int, default=None, help="dpo.py --batch-size; tiny: lecture 8 (the "
-                     "full recipe's number of steps on half the pairs), full 32; loaded: 32 (the paper's)")
+        "DPO, Eq. 11 (None: for tiny, the recipe's, chosen on dev; for a loaded model, the paper's)")
+    dpo.add_argument("--dpo-lr", type=float, default=None, help="tiny: 3e-5 (chosen on dev: 1e-5 moves nothing, 1e-4 "
+                                                                "breaks the format); loaded: 1e-6, the paper's")
+    dpo.add_argument("--beta", type=float, default=None, help="0.1, the paper's, for either")
+    dpo.add_argument("--dpo-epochs", type=int, default=None, help="tiny: lecture 1, full 2 (chosen on dev, for "
+                                                                  "time); loaded: 3, the paper's")
+    dpo.add_argument("--sft-weight", type=float, default=None, help="NLL on chosen added to ETO's loss (beyond the "
+                                                                    "paper); None: 0, the paper's")
+    dpo.add_argument("--dpo-batch-size", type=int, default=None, help="dpo.py --batch-size; tiny: lecture 8 (38 steps "
+                     "on its ~300 pairs), full 32; loaded: 32, the paper's")
     dpo.add_argument("--later-dpo-lr", type=float, default=None,
                      help="lr from iteration 2 on (None: --dpo-lr; the authors' script: 5e-7)")
     dpo.add_argument("--later-beta", type=float, default=None,
@@ -277,10 +262,6 @@ def add_loop_flags(parser):
 def fill_model_defaults(args):
     """Flags left unset take the values that fit the model, and are recorded as set (RUN/loop_args.json);
     --procs is checked and set for every stage launched."""
-    if args.procs < 1:
-        raise InputError(f"--procs must be at least 1, got {args.procs}")
-    Launch.procs = args.procs
-    Launch.dry_run = getattr(args, "dry_run", False)
     if args.procs > 1 and args.jobs is None:
         args.jobs = 1  # each stage already has the machine
     defaults = RECIPES[args.recipe] if args.model == "tiny" else PAPER_DEFAULTS
@@ -293,10 +274,7 @@ def fill_model_defaults(args):
     for flag in ("train_limit", "eval_limit", "explore_limit"):  # 0: all tasks
         if getattr(args, flag) is not None and getattr(args, flag) < 0:
             raise InputError(f"--{flag.replace('_', '-')} must be at least 0, got {getattr(args, flag)}")
-    if args.jobs < 1:
-        raise InputError(f"--jobs must be at least 1, got {args.jobs}")
-    Launch.jobs = args.jobs
-    Launch.native_kernels, Launch.redo_changed = args.native_kernels, args.redo_changed
+    set_launch(args)  # checks --procs and --jobs
     unknown = [name for name in args.variants if name not in VARIANTS]
     if unknown:
         raise InputError(f"--variants: unknown variant {unknown[0]!r}; valid: {', '.join(VARIANTS)}")

@@ -19,8 +19,8 @@ episode's advantage its reward minus the group's mean. Each iteration:
 The log-probs of an episode are those of its conversation as rendered and re-tokenized (the tokens the
 model reads it as, common.tokenize_conversation), so the ratio is exactly 1 at an epoch's first pass.
 Every iteration appends a line to OUT/log.jsonl (the samples' reward and success, invalid actions, KL to
-the start, clip fraction, seconds) and saves OUT/model with the optimizer's state: a killed run resumes
-at the next iteration. Afterwards every --eval-splits split is run greedily (explore.py) and the table
+the start, clip fraction, distinct replies, seconds) and saves OUT/model and the optimizer's state: a
+killed run resumes after the last saved iteration, to the same weights as one never killed. Afterwards every --eval-splits split is run greedily (explore.py) and the table
 prints beside the loop's RUN/results.jsonl rows; OUT/results.jsonl holds this model's rows.
 """
 import argparse
@@ -250,12 +250,16 @@ def main():
     train_ids = env.task_ids("train")[:args.train_limit]
     random.Random(args.seed).shuffle(train_ids)
     model_dir, log_path = os.path.join(args.out, "model"), os.path.join(args.out, "log.jsonl")
-    log = read_jsonl(log_path, ("iteration",)) if os.path.exists(log_path) and os.path.exists(model_dir) else []
+    log = []
+    if os.path.exists(os.path.join(model_dir, "args.json")):  # the last saved iteration's model holds its log
+        with open(os.path.join(model_dir, "args.json")) as f:
+            log = json.load(f)["history"]
     model, tokenizer = load_model(model_dir if log else os.path.join(args.run, "sft"), args.device, args.dtype)
     reference = load_model(os.path.join(args.run, "sft"), args.device, args.dtype)[0].eval()  # the start, frozen
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    if log:  # resume: the weights and the optimizer of the last finished iteration
-        optimizer.load_state_dict(torch.load(os.path.join(model_dir, "optimizer.pt")))
+    optimizer_file = lambda n: os.path.join(args.out, f"optimizer-{n}.pt")  # noqa: E731
+    if log:  # resume: the weights and the optimizer state of the last saved iteration
+        optimizer.load_state_dict(torch.load(optimizer_file(len(log))))
         print(f"online_rl: resuming after iteration {len(log)} of {args.iterations}", file=sys.stderr)
     started = time.time()
     for iteration in tqdm(range(len(log) + 1, args.iterations + 1), desc="online rl", initial=len(log),
@@ -264,10 +268,15 @@ def main():
         task_ids = [train_ids[(first + k) % len(train_ids)] for k in range(args.tasks)]
         log.append(rl_iteration(model, reference, optimizer, tokenizer, task_ids, iteration, args))
         print(json.dumps(log[-1]), file=sys.stderr)
+        # the optimizer's state first, then the model (whose args.json holds the log): a kill between the
+        # two leaves the last iteration's model and its optimizer state, and the iteration runs again
+        torch.save(optimizer.state_dict(), optimizer_file(iteration) + ".tmp")
+        os.replace(optimizer_file(iteration) + ".tmp", optimizer_file(iteration))
         summary = {"stage": "online_rl", "out": args.out, **log[-1]}
         save_model_atomically(model, tokenizer, model_dir, stage_record(args, history=log, summary=summary))
-        torch.save(optimizer.state_dict(), os.path.join(model_dir, "optimizer.pt"))
-        write_jsonl(log_path, log)  # last: an iteration counts once its model is saved
+        write_jsonl(log_path, log)  # the log, for reading
+        if os.path.exists(optimizer_file(iteration - 1)):
+            os.remove(optimizer_file(iteration - 1))
     rows = []
     for split in args.eval_splits:
         summary = run_stage("explore.py", os.path.join(args.out, f"eval.{split}.jsonl"), "--env", args.env, "--split",

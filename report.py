@@ -23,7 +23,7 @@ import shlex
 import statistics
 from collections import Counter
 
-from common import InputError, read_jsonl, run_main, sequence_logps, tokenize_conversation
+from common import InputError, format_table, read_jsonl, run_main, sequence_logps, tokenize_conversation, write_jsonl
 from envs import parse_action
 from pairs import first_differing_action
 
@@ -91,9 +91,14 @@ def mean_std_table(rows):
 def plot_point(stage):
     """(series, training round) of a result row for the plot; the SFT model starts the ETO, control and RFT lines."""
     if stage == "sft":
-        return [("ETO", 0), ("SFT continued (control)", 0), ("RFT", 0)]
-    if stage.startswith("eto-"):
-        return [("ETO", int(stage.split("-")[1]))]
+        return [("ETO", 0), ("SFT continued (control)", 0), ("RFT", 0), ("online RL", 0)]
+    name, _, number = stage.rpartition("-")
+    if name == "eto":
+        return [("ETO", int(number))]
+    if stage.startswith("eto-") and number.isdigit():  # a --variants entry: eto-NAME-i
+        return [(f"ETO, {name[4:]}", int(number))]
+    if stage == "online-rl":
+        return [("online RL", 1)]
     if stage.startswith("sft-continued-"):
         return [("SFT continued (control)", int(stage.split("-")[2]))]
     if stage.startswith("best-of-"):
@@ -118,7 +123,8 @@ def plot_results(rows, path):
     figure, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4), sharey=True, squeeze=False)
     for axis, split in zip(axes[0], splits):
         for (point_split, series), by_round in points.items():
-            if point_split != split or (len(by_round) == 1 and series in ("ETO", "SFT continued (control)", "RFT")):
+            if point_split != split or (len(by_round) == 1 and series in ("ETO", "SFT continued (control)", "RFT",
+                                                                          "online RL")):
                 continue  # the SFT point alone is not a line of its own
             rounds = sorted(by_round)
             axis.errorbar(rounds, [statistics.mean(by_round[r]) for r in rounds],
@@ -411,11 +417,41 @@ def build_page(run):
             + pairs_section(folder) + commands_section(run) + "</body></html>")
 
 
+def rows_from_evaluations(run):
+    """The result rows loop.py writes, rebuilt from RUN/eval/MODEL.SPLIT.jsonl.args.json (the evaluations'
+    summaries): for a run whose stages were typed by hand. Models in the loop's order: sft, then per
+    iteration ETO, its variants and the control."""
+    rows = []
+    for path in glob.glob(os.path.join(run, "eval", "*.jsonl.args.json")):
+        stage, split = os.path.basename(path)[:-len(".jsonl.args.json")].rsplit(".", 1)
+        if stage == "expert" or split not in SPLITS:
+            continue
+        with open(path) as f:
+            record = json.load(f)
+        summary, args = record["summary"], record["args"]
+        rows.append({"stage": stage, "split": split, "avg_reward": summary["avg_reward"],
+                     "success_rate": summary["success_rate"], "n": summary["n"], "model": args["model"],
+                     "seed": args["seed"]})
+
+    def order(row):  # sft, then eto-i, eto-VARIANT-i, sft-continued-i by iteration, then other methods
+        name, _, number = row["stage"].rpartition("-")
+        iteration = int(number) if number.isdigit() else 0 if row["stage"] == "sft" else 10 ** 6
+        kind = 0 if row["stage"] == "sft" else 2 if name == "sft-continued" else 1
+        return iteration, kind, row["stage"], SPLITS.index(row["split"])
+    return sorted(rows, key=order)
+
+
 def write_report(run, out=None):
-    """Write the page (by rename: a half-written page never sits at OUT); return its path."""
+    """Write the page (by rename: a half-written page never sits at OUT); return its path. A run folder
+    with evaluations but no results.jsonl (its stages run by hand) gets one first, and its table printed."""
     out = out or os.path.join(run, "report.html")
     if not os.path.exists(os.path.join(run, "results.jsonl")):
-        raise InputError(f"{run}: no results.jsonl here; run loop.py (or experiments.py) with --run {run} first")
+        rows = rows_from_evaluations(run)
+        if not rows:
+            raise InputError(f"{run}: no results.jsonl and no evaluations (eval/MODEL.SPLIT.jsonl.args.json) here; "
+                             f"run loop.py with --run {run}, or its stages, first")
+        write_jsonl(os.path.join(run, "results.jsonl"), rows)
+        print(format_table(rows))
     page = build_page(run)
     with open(out + ".tmp", "w", encoding="utf-8") as f:
         f.write(page)

@@ -24,6 +24,32 @@ class Launch:
     redoing = False         # set once a stage was redone that way
 
 
+def add_launch_flags(parser):
+    """loop.py's flags for how its stages are launched, not what they compute."""
+    parser.add_argument("--procs", type=int, default=1, help="processes per explore/SFT/DPO stage (torchrun: a GPU "
+                                                              "each where CUDA is; on CPU they share the cores)")
+    parser.add_argument("--jobs", type=int, default=None, help="independent stages (the splits' evaluations, DPO and "
+                        "its control) run this many at a time, the cores shared out; None: the lecture recipe's 2, "
+                        "1 for the full recipe, a loaded model or --procs above 1")
+    parser.add_argument("--redo-changed", action="store_true", help="a finished stage whose recorded command differs "
+                        "from the one wanted is redone, with every stage after it (otherwise the loop stops there)")
+    parser.add_argument("--native-kernels", action="store_true", help="run the stages on the CPU's own kernels (AVX-512 "
+                        "where it has it: faster, but a seed then trains another model than on an AVX2-only CPU); "
+                        "the default pins them to AVX2 (common.CPU_KERNELS), so every x86-64 CPU prints one table")
+    parser.add_argument("--dry-run", action="store_true", help="print every stage's command, run none")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def set_launch(args):
+    """Check the launch flags and set them for every stage launched."""
+    if args.procs < 1:
+        raise InputError(f"--procs must be at least 1, got {args.procs}")
+    if args.jobs < 1:
+        raise InputError(f"--jobs must be at least 1, got {args.jobs}")
+    Launch.procs, Launch.jobs, Launch.dry_run = args.procs, args.jobs, getattr(args, "dry_run", False)
+    Launch.native_kernels, Launch.redo_changed = args.native_kernels, args.redo_changed
+
+
 def kernel_settings():
     """The `export` line that pins the CPU kernels (None with --native-kernels), and the variables it sets."""
     if Launch.native_kernels:

@@ -57,3 +57,22 @@ def test_the_docs_and_docstrings_speak_of_the_software_not_its_history(path):
         for pattern in HISTORY:
             found = re.search(pattern, text)
             assert found is None, f"{os.path.relpath(name, ROOT)}: {found.group(0)!r}"
+
+
+def test_every_generated_table_on_a_page_is_what_its_data_gives():
+    """research/pages.py writes the tables between <!-- table:NAME --> markers from results/; a figure typed
+    over by hand, or a table whose data is gone, fails here."""
+    sys.path.insert(0, os.path.join(ROOT, "research"))
+    import pages
+    marked = 0
+    for path in pages.pages():
+        text = open(path, encoding="utf-8").read()
+        marked += len(pages.MARKER.findall(text))
+        assert pages.render(text) == text, f"{os.path.relpath(path, ROOT)}: run python research/pages.py"
+    assert marked >= 5  # the README's and docs/results.md's tables at least
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    table = pages.MARKER.search(readme, readme.index("<!-- table:default-printed -->"))
+    edited = readme.replace(table.group(2), table.group(2).replace(".", ",", 1))  # one figure typed over
+    assert pages.render(edited) != edited
+    with pytest.raises(Exception, match="does not make"):
+        pages.render("<!-- table:no-such-table -->\nx\n<!-- /table:no-such-table -->")

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+from common import format_table
 from tests.conftest import ROOT
 
 
@@ -32,6 +33,10 @@ LOOP = [sys.executable, "loop.py", "--train-limit", "8", "--eval-limit", "2", "-
         "--dpo-epochs", "1", "--max-steps", "2"]
 
 
+def json_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def read_rows(run):
     rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
     return [{k: v for k, v in row.items() if k != "model"} for row in rows]  # the model path names the run
@@ -51,6 +56,17 @@ def test_loop_runs_and_resume_skips_finished_stages(tmp_path):
     assert (run / "report.html").exists() and (run / "eval" / "expert.test_unseen.jsonl").exists()
     table = first.stdout.split("model ")[1]  # the printed table holds the rows of results.jsonl
     assert all(f"{r['avg_reward']:.1f}" in table for r in rows)
+    # the stages typed by hand end in report.py, which rebuilds the same results (and table) from the evaluations
+    by_hand = tmp_path / "by-hand"
+    shutil.copytree(run, by_hand, ignore=shutil.ignore_patterns("results.jsonl", "report.html", "results.png"))
+    done = subprocess.run([sys.executable, "report.py", "--run", str(by_hand)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [{**row, "model": row["model"].replace(str(run), "")} for row in json_lines(by_hand / "results.jsonl")] == \
+        [{**row, "model": row["model"].replace(str(run), "")} for row in json_lines(run / "results.jsonl")]
+    assert format_table(json_lines(run / "results.jsonl")) in first.stdout  # the loop's table, printed the same
+    assert format_table(json_lines(run / "results.jsonl")) in done.stdout and (by_hand / "report.html").exists()
+
     second = subprocess.run(LOOP + ["--run", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     reran = [line for line in second.stdout.splitlines() if line.startswith("$ ")]
     assert second.returncode == 0 and reran == [PIN_LINE, f"$ python report.py --run {run}"]  # the page is rewritten
@@ -65,7 +81,7 @@ def test_loop_runs_and_resume_skips_finished_stages(tmp_path):
     assert changed.stderr.strip().splitlines() == [
         f"error: {run}/iter1/model was made by another command (dpo.py: --lr was '3e-05' there, is '0.5' now); "
         "use a new --run, or --redo-changed to redo that stage and every stage after it"]
-    assert "model " not in changed.stdout  # no table
+    assert "test_seen reward" not in changed.stdout  # no table
     assert (run / "loop_args.json").read_text() == loop_args and read_rows(run) == rows
     # --native-kernels is a change too: the stages would compute other numbers
     native = subprocess.run(LOOP + ["--run", str(run), "--native-kernels"], cwd=ROOT, capture_output=True, text=True,

@@ -197,7 +197,7 @@ def test_the_page_in_a_real_browser(run_folder, tmp_path):
 
 def test_no_results_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, "report.py", "--run", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "no results.jsonl here" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "no results.jsonl and no evaluations" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "report.html").exists()
 
 
@@ -205,6 +205,8 @@ def test_plot_has_a_line_per_method_and_a_panel_per_split(tmp_path):
     from report import plot_point, plot_results
     assert plot_point("eto-2") == [("ETO", 2)] and plot_point("sft-continued-1") == [("SFT continued (control)", 1)]
     assert plot_point("self-play-rft-eto") == [("self-play", 2)] and plot_point("best-of-4")[0][1] == 0
+    assert plot_point("eto-divergence-nll-1") == [("ETO, divergence-nll", 1)]  # a loop.py --variants row
+    assert plot_point("online-rl") == [("online RL", 1)]
     rows = [{"stage": stage, "split": split, "avg_reward": reward, "seed": seed}
             for stage, reward in [("sft", 60.0), ("eto-1", 65.0), ("rft", 62.0)] for seed in (0, 1)
             for split in ("test_seen", "test_unseen")]

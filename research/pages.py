@@ -1,0 +1,335 @@
+"""Tables on the pages, made from the result files the repository keeps: no figure typed by hand.
+
+    python research/pages.py --collect results/default runs/default runs/seed1 runs/seed2   # keep a run's files
+    python research/pages.py            # rewrite every table between its markers in README.md and docs/*.md
+    python research/pages.py --check    # exit 1, naming the table, where a page differs from its data
+
+`--collect DEST RUN...` copies each run's small files into DEST/seedS/ (no models, no trajectories):
+every evaluation's result row (results.jsonl, as report.py rebuilds it: the loop's models and any
+other method run into the same folder, such as RFT), rl/results.jsonl and rl/log.jsonl where online RL
+ran, loop_args.json, every stage's summary with its command (summaries.jsonl), what each model does
+(behaviour.jsonl) and the CPU it ran on. A page holds a table as
+
+    <!-- table:NAME -->
+    ...generated lines...
+    <!-- /table:NAME -->
+
+and TABLES below says how each NAME is made from which folder. tests/test_docs.py fails when a page's
+table differs from what its data gives, or when a page names a table whose data is missing.
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import statistics
+import sys
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, HERE)  # the stages live one folder up
+from common import InputError, format_table, read_jsonl, run_main, write_jsonl  # noqa: E402
+
+PAGES = ("README.md", "docs/*.md", "exercises/*.md", "research/README.md")
+NAMES = {"sft": "SFT", "eto-1": "ETO", "sft-continued-1": "control: NLL on ETO's chosen side",
+         "eto-divergence-nll-1": "divergence pairs + NLL (`--variants divergence-nll`)",
+         "online-rl": "online RL (`online_rl.py`)", "rft": "RFT (`research/experiments.py --methods rft`)", "eto-2": "ETO, iteration 2", "sft-continued-2": "control, iteration 2"}
+SPLIT_ORDER = ("dev", "test_seen", "test_unseen")
+
+
+# ---- collecting a run's small files ---------------------------------------------------------------
+def cpu_kind():
+    """'AMD EPYC, AVX-512' or similar, from /proc/cpuinfo (Linux); 'unknown' elsewhere."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return "unknown"
+    model = re.search(r"model name\s*:\s*(.*)", info)
+    isa = "AVX-512" if "avx512f" in info else "AVX2" if "avx2" in info else "no AVX2"
+    return f"{model.group(1).strip() if model else 'unknown'}, {isa}"
+
+
+def collect(dest, runs):
+    for run in runs:
+        with open(os.path.join(run, "loop_args.json")) as f:
+            seed = json.load(f)["seed"]
+        folder = os.path.join(dest, f"seed{seed}")
+        os.makedirs(folder, exist_ok=True)
+        from report import rows_from_evaluations
+        write_jsonl(os.path.join(folder, "results.jsonl"), rows_from_evaluations(run))  # every model evaluated
+        for name in ("loop_args.json", "rl/results.jsonl", "rl/log.jsonl"):
+            if os.path.exists(os.path.join(run, name)):
+                shutil.copy(os.path.join(run, name), os.path.join(folder, name.replace("/", "-")))
+        summaries = []
+        for path in sorted(glob.glob(os.path.join(run, "**", "*args.json"), recursive=True)):
+            with open(path) as f:
+                record = json.load(f)
+            if "summary" in record:
+                summaries.append({"file": os.path.relpath(path, run), "command": record.get("command"),
+                                  "cpu_kernels": record.get("cpu_kernels"), "summary": record["summary"]})
+        write_jsonl(os.path.join(folder, "summaries.jsonl"), summaries)
+        write_jsonl(os.path.join(folder, "behaviour.jsonl"), behaviour_rows(run))
+        host = {"cpu": cpu_kind()}
+        loop_log = run.rstrip("/") + ".loop.log"  # research/default_seeds.sh's log of the plain `python loop.py`
+        if os.path.exists(loop_log):
+            lines = [line for line in open(loop_log) if line.startswith('{"stage": "loop"')]
+            host["loop_seconds"] = json.loads(lines[-1])["seconds"]
+            host["loop_log"] = os.path.basename(loop_log)
+        with open(os.path.join(folder, "host.json"), "w") as f:
+            json.dump(host, f)
+
+
+def bought_result(actions):
+    """(pages turned, the result clicked) of the last result opened before `click[buy now]`, or None."""
+    if "click[buy now]" not in actions:
+        return None
+    before = actions[:actions.index("click[buy now]")]
+    items = [i for i, action in enumerate(before) if action and action.startswith("click[item ")]
+    if not items:
+        return None
+    return sum(action == "click[next >]" for action in before[:items[-1]]), before[items[-1]]
+
+
+def behaviour_rows(run):
+    """Per evaluated model and split: which result it opens first, how often it buys the expert's result,
+    its invalid actions: what report.py shows, kept small enough for the repository."""
+    from report import actions, behaviour
+    rows = []
+    files = glob.glob(os.path.join(run, "eval", "*.jsonl")) + glob.glob(os.path.join(run, "rl", "eval.*.jsonl"))
+    for path in sorted(files):
+        name = os.path.basename(path)[:-len(".jsonl")]
+        stage, split = ("online-rl", name.split(".", 1)[1]) if "/rl/" in path else name.rsplit(".", 1)
+        if stage == "expert":
+            continue
+        expert_path = os.path.join(run, "eval", f"expert.{split}.jsonl")
+        experts = {r["task_id"]: r for r in read_jsonl(expert_path)} if os.path.exists(expert_path) else {}
+        records = read_jsonl(path)
+        shown = behaviour(records, experts)
+        same = sum(bought_result(actions(r)) is not None and task_bought(experts, r) == bought_result(actions(r))
+                   for r in records)
+        rows.append({"stage": stage, "split": split, "n": shown["n"], "opened_first": dict(shown["opened"]),
+                     "bought_experts_result": same, "invalid_action_pct": round(shown["invalid"], 2)})
+    return rows
+
+
+def task_bought(experts, record):
+    from report import actions
+    expert = experts.get(record["task_id"])
+    return bought_result(actions(expert)) if expert else None
+
+
+# ---- tables ---------------------------------------------------------------------------------------
+def seed_rows(folder):
+    """{seed: rows} of a collected folder: the loop's rows and online RL's."""
+    by_seed = {}
+    for seed_folder in sorted(glob.glob(os.path.join(HERE, folder, "seed*"))):
+        rows = read_jsonl(os.path.join(seed_folder, "results.jsonl"), ("stage", "split"))
+        if os.path.exists(os.path.join(seed_folder, "rl-results.jsonl")):
+            rows += read_jsonl(os.path.join(seed_folder, "rl-results.jsonl"), ("stage", "split"))
+        by_seed[int(os.path.basename(seed_folder)[4:])] = rows
+    if not by_seed:
+        raise InputError(f"{folder}: no collected run (seed*/results.jsonl); run research/pages.py --collect")
+    return by_seed
+
+
+def value(rows, stage, split, key="avg_reward"):
+    found = [row[key] for row in rows if row["stage"] == stage and row["split"] == split]
+    return found[0] if found else None
+
+
+def mean_std(values):
+    return f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+
+
+def seeds_table(folder, stages):
+    """Mean ± std over seeds of reward (and success) per split, then each seed's reward."""
+    by_seed = seed_rows(folder)
+    splits = [s for s in SPLIT_ORDER if any(value(rows, stages[0], s) is not None for rows in by_seed.values())]
+    head = "| model | " + " | ".join(f"{s} reward | {s} success" for s in splits) + " | " + \
+        " | ".join(f"{s} reward, seeds {', '.join(map(str, by_seed))}" for s in splits) + " |"
+    lines = [head, "|" + "---|" * (1 + 3 * len(splits))]
+    for stage in stages:
+        cells = []
+        for split in splits:
+            for key in ("avg_reward", "success_rate"):
+                got = [value(rows, stage, split, key) for rows in by_seed.values()]
+                cells.append(mean_std(got) if None not in got else "–")
+        for split in splits:
+            got = [value(rows, stage, split) for rows in by_seed.values()]
+            cells.append(", ".join("–" if v is None else f"{v:.1f}" for v in got))
+        lines.append(f"| {NAMES.get(stage, stage)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def differences(folder, first, second, splits=SPLIT_ORDER):
+    """'first − second' per split over seeds: mean ± std of the per-seed differences, and each seed's."""
+    by_seed = seed_rows(folder)
+    parts = []
+    for split in splits:
+        diffs = [value(rows, first, split) - value(rows, second, split) for rows in by_seed.values()
+                 if value(rows, first, split) is not None and value(rows, second, split) is not None]
+        if diffs:
+            parts.append(f"{split} {statistics.mean(diffs):+.1f} ± {statistics.pstdev(diffs):.1f} "
+                         f"({', '.join(f'{d:+.1f}' for d in diffs)})")
+    return "; ".join(parts)
+
+
+def printed_table(folder, seed=0):
+    """The table `python loop.py` prints for that seed: SFT, ETO and the control on the two test splits."""
+    rows = [row for row in seed_rows(folder)[seed] if row["split"] in ("test_seen", "test_unseen")
+            and row["stage"] in ("sft", "eto-1", "sft-continued-1")]
+    return "\n".join("    " + line for line in format_table(rows).splitlines())
+
+
+def loop_time(folder, seed=0):
+    """`python loop.py`'s own time for that seed, from scratch, and the CPU it ran on (the loop's summary line)."""
+    with open(os.path.join(HERE, folder, f"seed{seed}", "host.json")) as f:
+        host = json.load(f)
+    return (f"`python loop.py` took **{host['loop_seconds'] / 60:.1f} minutes** ({host['loop_seconds']:.0f} s by the "
+            f"loop's last line, from scratch, alone on 2 cores of an {host['cpu']} host, on the pinned AVX2 kernels). An AVX2-only CPU takes "
+            f"about twice as long ([docs/performance.md](docs/performance.md)). Nothing is downloaded.")
+
+
+def rl_budget(folder):
+    """Online RL's budget per seed: iterations, episodes sampled, training seconds."""
+    lines = []
+    for seed_folder in sorted(glob.glob(os.path.join(HERE, folder, "seed*"))):
+        log = read_jsonl(os.path.join(seed_folder, "rl-log.jsonl"), ("iteration",))
+        lines.append(f"seed {os.path.basename(seed_folder)[4:]}: {len(log)} iterations, "
+                     f"{sum(line['episodes'] for line in log)} episodes, {sum(line['seconds'] for line in log):.0f} s")
+    return "; ".join(lines)
+
+
+def sweep_table(folder):
+    """The dev search for the paper's ETO at the tiny model's size: each DPO setting's dev reward / success
+    per seed (loop runs' own ETO and control rows, and research/sweep.py's rows), beside SFT's."""
+    cells = {}  # setting -> {seed: "reward / success"}
+
+    def put(setting, seed, row):
+        cells.setdefault(setting, {})[seed] = f"{row['avg_reward']:.1f} / {row['success_rate']:.1f}"
+    seeds = []
+    for seed_folder in sorted(glob.glob(os.path.join(HERE, folder, "seed*"))):
+        seed = int(os.path.basename(seed_folder)[4:])
+        seeds.append(seed)
+        with open(os.path.join(seed_folder, "loop_args.json")) as f:
+            loop_args = json.load(f)
+        loop_setting = f"lr={loop_args['dpo_lr']:g},beta={loop_args['beta']:g},epochs={loop_args['dpo_epochs']}," \
+                       f"batch_size={loop_args['dpo_batch_size']}"
+        for row in read_jsonl(os.path.join(seed_folder, "results.jsonl"), ("stage",)):
+            if row["stage"] == "sft":
+                put("SFT", seed, row)
+            elif row["stage"].startswith("eto-"):
+                put(loop_setting + ("" if row["stage"] == "eto-1" else f", after iteration {row['stage'][4:]}"), seed, row)
+            elif row["stage"].startswith("sft-continued-"):
+                put(loop_setting + f", control{'' if row['stage'] == 'sft-continued-1' else ' after iteration 2'}", seed, row)
+        for row in read_jsonl(os.path.join(seed_folder, "sweep.jsonl"), ("setting",)):
+            put(row["setting"], seed, row)
+    def shown(setting):  # 'lr=3e-5,beta=1,epochs=1,batch_size=8, control' -> '--lr 3e-05 --beta 1 ... (control)'
+        if setting == "SFT":
+            return "SFT", (0,)
+        flags, _, note = setting.partition(", ")
+        values = dict(part.split("=") for part in flags.split(","))
+        key = tuple(float(values[name]) for name in ("lr", "beta", "epochs", "batch_size"))
+        text = " ".join(f"--{name.replace('_', '-')} {float(values[name]):g}" for name in ("lr", "beta", "epochs", "batch_size"))
+        return f"`{text}`" + (f" ({note})" if note else ""), (1, *key, note)
+    merged = {}
+    for setting, by_seed in cells.items():
+        text, key = shown(setting)
+        merged.setdefault((key, text), {}).update(by_seed)
+    lines = ["| DPO setting (dpo.py flags) | " + " | ".join(f"seed {s}: dev reward / success" for s in seeds) + " |",
+             "|---|" + "---|" * len(seeds)]
+    for (_, text), by_seed in sorted(merged.items()):
+        lines.append(f"| {text} | " + " | ".join(by_seed.get(s, "–") for s in seeds) + " |")
+    return "\n".join(lines)
+
+
+def behaviour_table(folder, stages, split):
+    """What each model does on a split, mean over seeds: which result it opens first, how often it buys the
+    expert's result, its invalid actions."""
+    rows = {}
+    seeds = sorted(glob.glob(os.path.join(HERE, folder, "seed*")))
+    for seed_folder in seeds:
+        for row in read_jsonl(os.path.join(seed_folder, "behaviour.jsonl"), ("stage",)):
+            if row["split"] == split:
+                rows.setdefault(row["stage"], []).append(row)
+    lines = [f"| model ({split}, mean over {len(seeds)} seeds) | opens item 1 first | opens item 2 first | "
+             "buys the expert's result | invalid actions |", "|---|---|---|---|---|"]
+    for stage in stages:
+        got = rows.get(stage, [])
+        if len(got) != len(seeds):
+            continue
+        n = got[0]["n"]
+
+        def mean(values):
+            return statistics.mean(values)
+        lines.append(f"| {NAMES.get(stage, stage)} | {mean([r['opened_first'].get('item 1', 0) for r in got]):.1f} of {n} | "
+                     f"{mean([r['opened_first'].get('item 2', 0) for r in got]):.1f} | "
+                     f"{mean([r['bought_experts_result'] for r in got]):.1f} | "
+                     f"{mean([r['invalid_action_pct'] for r in got]):.1f}% |")
+    return "\n".join(lines)
+
+
+DEFAULT = "results/default"
+MAIN_STAGES = ["sft", "eto-1", "sft-continued-1", "eto-divergence-nll-1", "rft", "online-rl"]
+TABLES = {
+    "default-printed": lambda: printed_table(DEFAULT),
+    "default-seeds": lambda: seeds_table(DEFAULT, MAIN_STAGES),
+    "default-eto-minus-sft": lambda: differences(DEFAULT, "eto-1", "sft"),
+    "default-eto-minus-control": lambda: differences(DEFAULT, "eto-1", "sft-continued-1"),
+    "default-rl-minus-sft": lambda: differences(DEFAULT, "online-rl", "sft"),
+    "default-rl-minus-control": lambda: differences(DEFAULT, "online-rl", "sft-continued-1"),
+    "default-rl-budget": lambda: rl_budget(DEFAULT),
+    "default-eto-minus-sft-unseen": lambda: differences(DEFAULT, "eto-1", "sft", ("test_unseen",)),
+    "default-eto-minus-control-unseen": lambda: differences(DEFAULT, "eto-1", "sft-continued-1", ("test_unseen",)),
+    "default-time": lambda: loop_time(DEFAULT),
+    "dev-sweep": lambda: sweep_table("results/dev-sweep"),
+    "default-behaviour-unseen": lambda: behaviour_table(DEFAULT, MAIN_STAGES, "test_unseen"),
+    "default-seed1-printed": lambda: printed_table(DEFAULT, seed=1),
+    "default-variant-minus-eto": lambda: differences(DEFAULT, "eto-divergence-nll-1", "eto-1"),
+    "default-variant-minus-control": lambda: differences(DEFAULT, "eto-divergence-nll-1", "sft-continued-1"),
+}
+MARKER = re.compile(r"<!-- table:([\w-]+) -->\n(.*?)<!-- /table:\1 -->", re.S)
+
+
+def render(text):
+    """The page's text with every table regenerated from its data; unknown names raise InputError."""
+    def fill(match):
+        name = match.group(1)
+        if name not in TABLES:
+            raise InputError(f"a page names table {name!r}, which research/pages.py does not make")
+        return f"<!-- table:{name} -->\n{TABLES[name]()}\n<!-- /table:{name} -->"
+    return MARKER.sub(fill, text)
+
+
+def pages():
+    return sorted({path for pattern in PAGES for path in glob.glob(os.path.join(HERE, pattern))})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--collect", nargs="+", metavar=("DEST", "RUN"), help="copy RUNs' small files into DEST")
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 where a page differs")
+    args = parser.parse_args()
+    if args.collect:
+        if len(args.collect) < 2:
+            raise InputError("--collect DEST RUN [RUN ...]")
+        collect(args.collect[0], args.collect[1:])
+        return
+    stale = []
+    for path in pages():
+        text = open(path, encoding="utf-8").read()
+        new = render(text)
+        if new != text:
+            stale.append(os.path.relpath(path, HERE))
+            if not args.check:
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(new)
+    if args.check and stale:
+        print(f"error: tables differ from their data in {', '.join(stale)}; run python research/pages.py",
+              file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps({"stage": "pages", "rewritten" if not args.check else "checked": stale or len(pages())}))
+
+
+if __name__ == "__main__":
+    run_main(main)
