@@ -262,6 +262,7 @@ def main():
         optimizer.load_state_dict(torch.load(optimizer_file(len(log))))
         print(f"online_rl: resuming after iteration {len(log)} of {args.iterations}", file=sys.stderr)
     started = time.time()
+    os.makedirs(args.out, exist_ok=True)
     for iteration in tqdm(range(len(log) + 1, args.iterations + 1), desc="online rl", initial=len(log),
                           total=args.iterations):
         first = (iteration - 1) * args.tasks

@@ -69,12 +69,28 @@ def flag_values(words):
     return values
 
 
+def moved(recorded, wanted):
+    """The recorded command's words with its run folder renamed to the wanted one's (from the two --out
+    paths): a run folder copied or moved elsewhere still matches the commands that made it."""
+    old_out, new_out = flag_values(recorded).get("--out"), flag_values(wanted).get("--out")
+    if not old_out or not new_out or old_out == new_out:
+        return recorded
+    old_parts, new_parts = old_out.split("/"), new_out.split("/")
+    while old_parts and new_parts and old_parts[-1] == new_parts[-1]:  # the part inside the run folder
+        old_parts, new_parts = old_parts[:-1], new_parts[:-1]
+    old_root, new_root = "/".join(old_parts), "/".join(new_parts)
+    if not old_root or not new_root:
+        return recorded
+    return [new_root + word[len(old_root):] if word == old_root or word.startswith(old_root + "/") else word
+            for word in recorded]
+
+
 def changed_settings(recorded, wanted):
     """How the recorded run of a stage differs from the one wanted now, in one phrase ('' when it does not).
     Each is {'command': [...], 'cpu_kernels': {...}}."""
     if recorded.get("command") is None:
         return "it records no command (made by an older version, or by hand without one)"
-    before, now = flag_values(recorded["command"]), flag_values(wanted["command"])
+    before, now = flag_values(moved(recorded["command"], wanted["command"])), flag_values(wanted["command"])
     before.update({f"{name}=": value or "(unset)" for name, value in (recorded.get("cpu_kernels") or {}).items()})
     now.update({f"{name}=": value or "(unset)" for name, value in wanted["cpu_kernels"].items()})
     for flag in list(before) + [flag for flag in now if flag not in before]:

@@ -76,3 +76,10 @@ def test_every_generated_table_on_a_page_is_what_its_data_gives():
     assert pages.render(edited) != edited
     with pytest.raises(Exception, match="does not make"):
         pages.render("<!-- table:no-such-table -->\nx\n<!-- /table:no-such-table -->")
+
+
+def test_the_reports_picture_is_captioned_with_the_run_it_shows():
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    caption = readme.split("(docs/report.png)")[1].split("\n\n")[1]
+    assert "runs/default" in caption and "--variants divergence-nll --eval-splits dev,test_seen,test_unseen" in \
+        " ".join(caption.split())

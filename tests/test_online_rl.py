@@ -160,15 +160,18 @@ def test_online_rl_refuses_bad_counts_and_a_missing_run_in_one_line(tmp_path):
     assert done.returncode == 2 and "--group-size must be at least 1, got 0" in done.stderr
 
 
-def test_a_killed_run_resumes_to_the_weights_of_one_never_killed(tmp_path):
-    """online_rl.py from a loop run's SFT model (the doors env, a reduced size): 2 iterations, then 3 from
-    there, give the log and weights of 3 in one go; the table prints beside the loop's rows."""
+def test_a_killed_run_resumes_to_the_weights_of_one_never_killed(tmp_path, one_thread):
+    """online_rl.py from a run's SFT model (door_policy's, on the doors env): 2 iterations, then 3 from there,
+    give the log and weights of 3 in one go; the table prints beside the run's own rows."""
+    model, tokenizer, _ = door_policy()
     run = tmp_path / "run"
-    loop = subprocess.run([sys.executable, "loop.py", "--run", str(run), "--env", "doors", "--train-limit", "32",
-                           "--eval-limit", "8", "--eval-splits", "dev", "--sft-epochs", "2", "--iterations", "0"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert loop.returncode == 0, loop.stderr[-2000:]
-    flags = ["--run", str(run), "--tasks", "4", "--group-size", "4", "--max-new-tokens", "24", "--train-limit", "32"]
+    model.save_pretrained(run / "sft")
+    tokenizer.save_pretrained(run / "sft")
+    (run / "sft" / "args.json").write_text(json.dumps({"args": {}}))
+    (run / "results.jsonl").write_text(json.dumps({"stage": "sft", "split": "dev", "avg_reward": 70.0,
+                                                   "success_rate": 70.0}) + "\n")
+    flags = ["--run", str(run), "--env", "doors", "--tasks", "8", "--group-size", "4", "--max-new-tokens", "24",
+             "--eval-splits", "dev", "--lr", "2e-3"]
 
     def online_rl(out, iterations):
         done = subprocess.run([sys.executable, "online_rl.py", *flags, "--out", str(tmp_path / out), "--iterations",
@@ -180,11 +183,14 @@ def test_a_killed_run_resumes_to_the_weights_of_one_never_killed(tmp_path):
     resumed = online_rl("killed", 3)
     assert "resuming after iteration 2 of 3" in resumed.stderr
     whole = online_rl("whole", 3)
-    assert "online-rl " in whole.stdout and "sft " in whole.stdout  # the table: the loop's rows, then this one
+    assert "online-rl " in whole.stdout and "sft " in whole.stdout  # the table: the run's rows, then this one
     logs = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
              for line in (tmp_path / out / "log.jsonl").read_text().splitlines()] for out in ("killed", "whole")]
     assert logs[0] == logs[1] and len(logs[0]) == 3
+    assert all(line["trained_episodes"] > 0 for line in logs[0])  # every iteration updated the weights
     from safetensors.torch import load_file
     first, second = (load_file(tmp_path / out / "model" / "model.safetensors") for out in ("killed", "whole"))
     assert all(torch.equal(first[name], second[name]) for name in first)
+    start = load_file(run / "sft" / "model.safetensors")
+    assert not all(torch.equal(first[name], start[name]) for name in first)
     assert sorted(p.name for p in (tmp_path / "killed").glob("optimizer-*.pt")) == ["optimizer-3.pt"]
