@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (HelpFormatter, check_pair, InputError, add_memory_flags, add_system_flags, autocast, check_batch_sizes,
-                    checkpoint_activations, cut_to_length, load_model, micro_batches, read_jsonl, run_main,
+from common import (HelpFormatter, InputError, add_memory_flags, add_system_flags, autocast, check_batch_sizes,
+                    check_pair, checkpoint_activations, cut_to_length, load_model, micro_batches, read_jsonl, run_main,
                     save_trained, sequence_logps, set_seed, stop_if_diverged, tokenize_conversation)
 from dpo_variants import VARIANTS, conservative_dpo_loss, dpop_loss
 from plumbing.ranks import Ranks

@@ -25,8 +25,8 @@ import torch
 from tqdm import tqdm
 
 import envs
-from common import (HelpFormatter, stage_record, InputError, add_system_flags, check_trajectory, load_model, read_jsonl, run_main,
-                    set_seed, write_json, write_jsonl)
+from common import (HelpFormatter, InputError, add_system_flags, check_trajectory, load_model, read_jsonl, run_main,
+                    set_seed, stage_record, write_json, write_jsonl)
 from envs import parse_action
 from envs.expert import make_expert_policy, make_forcing_policy, make_in_context_policy, step_prefixes
 from plumbing.decode import ChatPolicy, KVCacheDecoder, next_tokens, stop_ids

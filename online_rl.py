@@ -24,6 +24,7 @@ killed run resumes after the last saved iteration, to the same weights as one ne
 prints beside the loop's RUN/results.jsonl rows; OUT/results.jsonl holds this model's rows.
 """
 import argparse
+import glob
 import json
 import os
 import random
@@ -261,7 +262,7 @@ def main():
     if log:  # resume: the weights and the optimizer state of the last saved iteration
         optimizer.load_state_dict(torch.load(optimizer_file(len(log))))
         print(f"online_rl: resuming after iteration {len(log)} of {args.iterations}", file=sys.stderr)
-    started = time.time()
+    started, first_iteration = time.time(), len(log)
     os.makedirs(args.out, exist_ok=True)
     for iteration in tqdm(range(len(log) + 1, args.iterations + 1), desc="online rl", initial=len(log),
                           total=args.iterations):
@@ -278,6 +279,9 @@ def main():
         write_jsonl(log_path, log)  # the log, for reading
         if os.path.exists(optimizer_file(iteration - 1)):
             os.remove(optimizer_file(iteration - 1))
+    if len(log) > first_iteration:  # this invocation trained: an evaluation of an earlier model is stale
+        for stale in glob.glob(os.path.join(args.out, "eval.*")):
+            os.remove(stale)
     rows = []
     for split in args.eval_splits:
         summary = run_stage("explore.py", os.path.join(args.out, f"eval.{split}.jsonl"), "--env", args.env, "--split",

@@ -22,7 +22,8 @@ import argparse
 import json
 import time
 
-from common import HelpFormatter, stage_record, InputError, check_trajectory, read_jsonl, run_main, write_json, write_jsonl
+from common import (HelpFormatter, InputError, check_trajectory, read_jsonl, run_main, stage_record, write_json,
+                    write_jsonl)
 from envs import parse_action
 
 LEVELS = ("trajectory", "divergence")

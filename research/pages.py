@@ -33,7 +33,7 @@ from common import InputError, format_table, read_jsonl, run_main, write_jsonl  
 PAGES = ("README.md", "docs/*.md", "exercises/*.md", "research/README.md")
 NAMES = {"sft": "SFT", "eto-1": "ETO", "sft-continued-1": "control: NLL on ETO's chosen side",
          "eto-divergence-nll-1": "divergence pairs + NLL (`--variants divergence-nll`)",
-         "online-rl": "online RL (`online_rl.py`)", "rft": "RFT (`research/experiments.py --methods rft`)", "eto-2": "ETO, iteration 2", "sft-continued-2": "control, iteration 2"}
+         "online-rl": "online RL (`online_rl.py`)", "online-rl-long": "online RL, 4000 episodes", "rft": "RFT (`research/experiments.py --methods rft`)", "eto-2": "ETO, iteration 2", "sft-continued-2": "control, iteration 2"}
 SPLIT_ORDER = ("dev", "test_seen", "test_unseen")
 
 
@@ -57,7 +57,7 @@ def collect(dest, runs):
         os.makedirs(folder, exist_ok=True)
         from report import rows_from_evaluations
         write_jsonl(os.path.join(folder, "results.jsonl"), rows_from_evaluations(run))  # every model evaluated
-        for name in ("loop_args.json", "rl/results.jsonl", "rl/log.jsonl"):
+        for name in ("loop_args.json", "rl/results.jsonl", "rl/log.jsonl", "rl-long/results.jsonl", "rl-long/log.jsonl"):
             if os.path.exists(os.path.join(run, name)):
                 shutil.copy(os.path.join(run, name), os.path.join(folder, name.replace("/", "-")))
         summaries = []
@@ -95,10 +95,14 @@ def behaviour_rows(run):
     its invalid actions: what report.py shows, kept small enough for the repository."""
     from report import actions, behaviour
     rows = []
-    files = glob.glob(os.path.join(run, "eval", "*.jsonl")) + glob.glob(os.path.join(run, "rl", "eval.*.jsonl"))
+    files = (glob.glob(os.path.join(run, "eval", "*.jsonl")) + glob.glob(os.path.join(run, "rl", "eval.*.jsonl"))
+             + glob.glob(os.path.join(run, "rl-long", "eval.*.jsonl")))
     for path in sorted(files):
         name = os.path.basename(path)[:-len(".jsonl")]
-        stage, split = ("online-rl", name.split(".", 1)[1]) if "/rl/" in path else name.rsplit(".", 1)
+        if "/rl/" in path or "/rl-long/" in path:
+            stage, split = ("online-rl" if "/rl/" in path else "online-rl-long"), name.split(".", 1)[1]
+        else:
+            stage, split = name.rsplit(".", 1)
         if stage == "expert":
             continue
         expert_path = os.path.join(run, "eval", f"expert.{split}.jsonl")
@@ -130,6 +134,24 @@ def seed_rows(folder):
     if not by_seed:
         raise InputError(f"{folder}: no collected run (seed*/results.jsonl); run research/pages.py --collect")
     return by_seed
+
+
+def rl_long_table(folder, seed=0):
+    """Online RL at two budgets on one seed, beside SFT: the reward and success per split, episodes and seconds."""
+    seed_folder = os.path.join(HERE, folder, f"seed{seed}")
+    rows = read_jsonl(os.path.join(seed_folder, "results.jsonl"), ("stage",))
+    lines = ["| model (seed 0) | episodes | seconds | " + " | ".join(f"{s} reward / success" for s in SPLIT_ORDER) + " |",
+             "|---|---|---|" + "---|" * len(SPLIT_ORDER)]
+    for name, results, log in (("SFT", None, None), ("online RL", "rl-results.jsonl", "rl-log.jsonl"),
+                               ("online RL, resumed to twice the iterations", "rl-long-results.jsonl", "rl-long-log.jsonl")):
+        got = rows if results is None else read_jsonl(os.path.join(seed_folder, results), ("stage",))
+        stage = "sft" if results is None else "online-rl"
+        lines_log = [] if log is None else read_jsonl(os.path.join(seed_folder, log), ("iteration",))
+        cells = [f"{value(got, stage, s):.1f} / {value(got, stage, s, 'success_rate'):.1f}" for s in SPLIT_ORDER]
+        episodes = str(sum(line["episodes"] for line in lines_log)) if lines_log else "–"
+        seconds = f"{sum(line['seconds'] for line in lines_log):.0f}" if lines_log else "–"
+        lines.append(f"| {name} | {episodes} | {seconds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def value(rows, stage, split, key="avg_reward"):
@@ -285,6 +307,7 @@ TABLES = {
     "dev-sweep": lambda: sweep_table("results/dev-sweep"),
     "default-behaviour-unseen": lambda: behaviour_table(DEFAULT, MAIN_STAGES, "test_unseen"),
     "default-seed1-printed": lambda: printed_table(DEFAULT, seed=1),
+    "default-rl-long": lambda: rl_long_table(DEFAULT),
     "default-variant-minus-eto": lambda: differences(DEFAULT, "eto-divergence-nll-1", "eto-1"),
     "default-variant-minus-control": lambda: differences(DEFAULT, "eto-divergence-nll-1", "sft-continued-1"),
 }
