@@ -2,7 +2,7 @@
 # The default loop's 3-seed table: per seed, `python loop.py` (its time and printed table), then the
 # divergence-nll variant and every model on dev as well (finished stages are reused), then online RL from
 # the same SFT model; the results files go to results/default (research/pages.py --collect), from which
-# research/pages.py writes the tables of README.md and docs/results.md. About 1 hour on 2 CPU cores.
+# research/pages.py writes the tables of README.md and docs/results.md. About 2 hours on 2 CPU cores.
 #   bash research/default_seeds.sh [SEEDS]        # default: 0 1 2; seed 0 runs in runs/default
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +15,19 @@ for s in $seeds; do
   runs+=($run)
 done
 for run in "${runs[@]}"; do
-  python online_rl.py --run $run --seed "$(python -c "import json; print(json.load(open('$run/loop_args.json'))['seed'])")" \
-    --eval-splits dev,test_seen,test_unseen > $run.rl.log 2>&1
+  seed=$(python -c "import json; print(json.load(open('$run/loop_args.json'))['seed'])")
+  python online_rl.py --run $run --seed $seed --eval-splits dev,test_seen,test_unseen > $run.rl.log 2>&1
+  # RFT from the same SFT model (its results.jsonl and report replace the loop's; pages.py --collect
+  # rebuilds every row from the evaluations)
+  python research/experiments.py --run $run --seed $seed --methods sft,rft --eval-splits dev,test_seen,test_unseen \
+    > $run.rft.log 2>&1
 done
+# seed 0 only: online RL at lr 1e-4, and at twice the iterations (a copy of the 25-iteration run, resumed)
+python online_rl.py --run runs/default --out runs/default/rl-lr1e-4 --lr 1e-4 --eval-splits dev,test_seen,test_unseen \
+  > runs/default.rl-lr1e-4.log 2>&1
+mkdir -p runs/default/rl-long
+cp -r runs/default/rl/model runs/default/rl/optimizer-25.pt runs/default/rl/log.jsonl runs/default/rl-long/
+python online_rl.py --run runs/default --out runs/default/rl-long --iterations 50 --eval-splits dev,test_seen,test_unseen \
+  > runs/default.rl-long.log 2>&1
 python research/pages.py --collect results/default "${runs[@]}"
 python research/pages.py

@@ -57,7 +57,8 @@ def collect(dest, runs):
         os.makedirs(folder, exist_ok=True)
         from report import rows_from_evaluations
         write_jsonl(os.path.join(folder, "results.jsonl"), rows_from_evaluations(run))  # every model evaluated
-        for name in ("loop_args.json", "rl/results.jsonl", "rl/log.jsonl", "rl-long/results.jsonl", "rl-long/log.jsonl"):
+        for name in ("loop_args.json", "rl/results.jsonl", "rl/log.jsonl", "rl-long/results.jsonl", "rl-long/log.jsonl",
+                     "rl-lr1e-4/results.jsonl", "rl-lr1e-4/log.jsonl"):
             if os.path.exists(os.path.join(run, name)):
                 shutil.copy(os.path.join(run, name), os.path.join(folder, name.replace("/", "-")))
         summaries = []
@@ -142,8 +143,9 @@ def rl_long_table(folder, seed=0):
     rows = read_jsonl(os.path.join(seed_folder, "results.jsonl"), ("stage",))
     lines = ["| model (seed 0) | episodes | seconds | " + " | ".join(f"{s} reward / success" for s in SPLIT_ORDER) + " |",
              "|---|---|---|" + "---|" * len(SPLIT_ORDER)]
-    for name, results, log in (("SFT", None, None), ("online RL", "rl-results.jsonl", "rl-log.jsonl"),
-                               ("online RL, resumed to twice the iterations", "rl-long-results.jsonl", "rl-long-log.jsonl")):
+    for name, results, log in (("SFT", None, None), ("online RL (lr 3e-5)", "rl-results.jsonl", "rl-log.jsonl"),
+                               ("online RL, resumed to twice the iterations", "rl-long-results.jsonl", "rl-long-log.jsonl"),
+                               ("online RL at lr 1e-4", "rl-lr1e-4-results.jsonl", "rl-lr1e-4-log.jsonl")):
         got = rows if results is None else read_jsonl(os.path.join(seed_folder, results), ("stage",))
         stage = "sft" if results is None else "online-rl"
         lines_log = [] if log is None else read_jsonl(os.path.join(seed_folder, log), ("iteration",))
@@ -210,6 +212,19 @@ def loop_time(folder, seed=0):
     return (f"`python loop.py` took **{host['loop_seconds'] / 60:.1f} minutes** ({host['loop_seconds']:.0f} s by the "
             f"loop's last line, from scratch, alone on 2 cores of an {host['cpu']} host, on the pinned AVX2 kernels). An AVX2-only CPU takes "
             f"about twice as long ([docs/performance.md](docs/performance.md)). Nothing is downloaded.")
+
+
+def rl_curve(folder, name="rl-log.jsonl", seed=0, every=5):
+    """The samples' reward, invalid actions and clip fraction every few iterations of one seed's online RL."""
+    log = read_jsonl(os.path.join(HERE, folder, f"seed{seed}", name), ("iteration",))
+    shown = [line for line in log if line["iteration"] % every == 0 or line["iteration"] == 1]
+    lines = ["| iteration | " + " | ".join(str(line["iteration"]) for line in shown) + " |",
+             "|---|" + "---|" * len(shown)]
+    for key, label, scale in (("reward", "samples' reward", 1), ("invalid_action_rate", "invalid actions %", 100),
+                              ("clip_fraction", "clipped tokens %", 100), ("distinct_replies", "distinct replies", 1)):
+        lines.append(f"| {label} | " + " | ".join(f"{line[key] * scale:.1f}" if scale != 1 or isinstance(line[key], float)
+                                                 else str(line[key]) for line in shown) + " |")
+    return "\n".join(lines)
 
 
 def rl_budget(folder):
@@ -291,6 +306,24 @@ def behaviour_table(folder, stages, split):
     return "\n".join(lines)
 
 
+KERNEL_SETS = {"all": "all three", "none": "none (the CPU's own kernels)", "aten": "ATEN_CPU_CAPABILITY=avx2",
+               "aten_mkl": "ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS", "aten_onednn": "ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA",
+               "mkl_onednn": "MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA"}
+
+
+def kernels_table(path="results/kernels/sft-hashes.txt"):
+    """Which pinned variables give the weights the three together give (SFT, byte for byte)."""
+    hashes = dict(line.split()[::-1] for line in open(os.path.join(HERE, path)) if line.strip())
+    letters = {}  # one letter per distinct set of weights, in order of appearance
+    for name in KERNEL_SETS:
+        letters.setdefault(hashes[name], "ABCDEFG"[len(letters)])
+    lines = ["| variables set on the AVX-512 host | SFT weights (same letter: byte-identical) | the same as all three |",
+             "|---|---|---|"]
+    for name, label in KERNEL_SETS.items():
+        lines.append(f"| {label} | {letters[hashes[name]]} | {'yes' if hashes[name] == hashes['all'] else 'no'} |")
+    return "\n".join(lines)
+
+
 DEFAULT = "results/default"
 MAIN_STAGES = ["sft", "eto-1", "sft-continued-1", "eto-divergence-nll-1", "rft", "online-rl"]
 TABLES = {
@@ -308,6 +341,9 @@ TABLES = {
     "default-behaviour-unseen": lambda: behaviour_table(DEFAULT, MAIN_STAGES, "test_unseen"),
     "default-seed1-printed": lambda: printed_table(DEFAULT, seed=1),
     "default-rl-long": lambda: rl_long_table(DEFAULT),
+    "kernels": kernels_table,
+    "default-rl-curve": lambda: rl_curve(DEFAULT, "rl-log.jsonl"),
+    "default-rl-curve-lr1e-4": lambda: rl_curve(DEFAULT, "rl-lr1e-4-log.jsonl"),
     "default-variant-minus-eto": lambda: differences(DEFAULT, "eto-divergence-nll-1", "eto-1"),
     "default-variant-minus-control": lambda: differences(DEFAULT, "eto-divergence-nll-1", "sft-continued-1"),
 }
