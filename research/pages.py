@@ -185,6 +185,19 @@ def seeds_table(folder, stages):
     return "\n".join(lines)
 
 
+def short_seeds_table(folder, stages):
+    """Reward per split, mean ± std over seeds: the README's table."""
+    by_seed = seed_rows(folder)
+    lines = ["| method | " + " | ".join(f"{s} reward" for s in SPLIT_ORDER) + " |", "|---|" + "---|" * len(SPLIT_ORDER)]
+    for stage in stages:
+        cells = []
+        for split in SPLIT_ORDER:
+            got = [value(rows, stage, split) for rows in by_seed.values()]
+            cells.append(mean_std(got) if None not in got else "–")
+        lines.append(f"| {NAMES.get(stage, stage)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def differences(folder, first, second, splits=SPLIT_ORDER):
     """'first − second' per split over seeds: mean ± std of the per-seed differences, and each seed's."""
     by_seed = seed_rows(folder)
@@ -193,8 +206,9 @@ def differences(folder, first, second, splits=SPLIT_ORDER):
         diffs = [value(rows, first, split) - value(rows, second, split) for rows in by_seed.values()
                  if value(rows, first, split) is not None and value(rows, second, split) is not None]
         if diffs:
-            parts.append(f"{split} {statistics.mean(diffs):+.1f} ± {statistics.pstdev(diffs):.1f} "
-                         f"({', '.join(f'{d:+.1f}' for d in diffs)})")
+            shown = [round(d, 1) + 0.0 for d in diffs]  # + 0.0: no "-0.0"
+            parts.append(f"{split} {round(statistics.mean(diffs), 1) + 0.0:+.1f} ± {statistics.pstdev(diffs):.1f} "
+                         f"({', '.join(f'{d:+.1f}' for d in shown)})")
     return "; ".join(parts)
 
 
@@ -324,11 +338,26 @@ def kernels_table(path="results/kernels/sft-hashes.txt"):
     return "\n".join(lines)
 
 
+def native_table(pinned="results/default", native="results/native", seed=0):
+    """`python loop.py` on the pinned AVX2 kernels beside `--native-kernels`, on the same host and seed."""
+    rows = {name: seed_rows(folder)[seed] for name, folder in (("pinned", pinned), ("native", native))}
+    lines = ["| model | pinned AVX2: test_seen / test_unseen reward | `--native-kernels`: test_seen / test_unseen reward |",
+             "|---|---|---|"]
+    for stage in ("sft", "eto-1", "sft-continued-1"):
+        cells = [" / ".join(f"{value(rows[name], stage, s):.1f}" for s in ("test_seen", "test_unseen"))
+                 for name in ("pinned", "native")]
+        lines.append(f"| {stage} | {cells[0]} | {cells[1]} |")
+    with open(os.path.join(HERE, native, f"seed{seed}", "host.json")) as f:
+        seconds = json.load(f).get("loop_seconds")
+    return "\n".join(lines) + (f"\n\n`--native-kernels` took {seconds:.0f} s by the loop's last line." if seconds else "")
+
+
 DEFAULT = "results/default"
 MAIN_STAGES = ["sft", "eto-1", "sft-continued-1", "eto-divergence-nll-1", "rft", "online-rl"]
 TABLES = {
     "default-printed": lambda: printed_table(DEFAULT),
     "default-seeds": lambda: seeds_table(DEFAULT, MAIN_STAGES),
+    "default-seeds-short": lambda: short_seeds_table(DEFAULT, MAIN_STAGES),
     "default-eto-minus-sft": lambda: differences(DEFAULT, "eto-1", "sft"),
     "default-eto-minus-control": lambda: differences(DEFAULT, "eto-1", "sft-continued-1"),
     "default-rl-minus-sft": lambda: differences(DEFAULT, "online-rl", "sft"),
@@ -342,6 +371,7 @@ TABLES = {
     "default-seed1-printed": lambda: printed_table(DEFAULT, seed=1),
     "default-rl-long": lambda: rl_long_table(DEFAULT),
     "kernels": kernels_table,
+    "native": native_table,
     "default-rl-curve": lambda: rl_curve(DEFAULT, "rl-log.jsonl"),
     "default-rl-curve-lr1e-4": lambda: rl_curve(DEFAULT, "rl-lr1e-4-log.jsonl"),
     "default-variant-minus-eto": lambda: differences(DEFAULT, "eto-divergence-nll-1", "eto-1"),
