@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+from plumbing.launch import CPU_KERNELS  # recorded by stage_record
 from plumbing.ranks import finish as finish_ranks
 
 
@@ -208,13 +209,6 @@ def write_jsonl(path, records):
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
-
-
-# The CPU kernels every stage the loop starts is held to (plumbing/launch.py): the AVX2 code paths that every
-# x86-64 CPU of the last decade has. An AVX-512 host then computes what an AVX2-only host computes, bit for
-# bit, so one seed trains one model on both; without them the same seed's SFT differs by more than the
-# spread over seeds. They must be set before torch loads, so a stage can only record them.
-CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def stage_record(args, **fields):

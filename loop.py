@@ -10,7 +10,7 @@ the paper's failure/expert pairs -> DPO (Eq. 11) with reference = the current po
 it the control "sft-continued": NLL on the same pairs' chosen side, same steps and lr (`dpo.py
 --dpo-weight 0 --sft-weight 1`), so what more training on expert turns gives is not credited to failures.
 
-Every command is printed before it runs, on the pinned AVX2 kernels (common.CPU_KERNELS). A stage whose
+Every command is printed before it runs, on the pinned AVX2 kernels (plumbing.launch.CPU_KERNELS). A stage whose
 output exists and records the same command is skipped (plumbing/launch.py), so a killed run resumes; one
 made by another command stops the loop with one line naming the flag (--redo-changed redoes it and
 every stage after it). The table is printed at the end, RUN/results.jsonl holds its rows, and report.py

@@ -7,7 +7,13 @@ import shlex
 import subprocess
 import sys
 
-from common import CPU_KERNELS, InputError
+# The CPU kernels every stage the loop starts is held to (plumbing/launch.py): the AVX2 code paths that every
+# x86-64 CPU of the last decade has. An AVX-512 host then computes what an AVX2-only host computes, bit for
+# bit, so one seed trains one model on both; without them the same seed's SFT differs by more than the
+# spread over seeds. They must be set before torch loads, so a stage can only record them.
+CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
 
 MODEL_STAGES = ("sft.py", "dpo.py")  # these write a save_pretrained folder; the others a JSONL file
 TORCH_STAGES = ("explore.py", "sft.py", "dpo.py")  # with --procs N, these run under torchrun
@@ -35,7 +41,7 @@ def add_launch_flags(parser):
                         "from the one wanted is redone, with every stage after it (otherwise the loop stops there)")
     parser.add_argument("--native-kernels", action="store_true", help="run the stages on the CPU's own kernels (AVX-512 "
                         "where it has it: faster, but a seed then trains another model than on an AVX2-only CPU); "
-                        "the default pins them to AVX2 (common.CPU_KERNELS), so every x86-64 CPU prints one table")
+                        "the default pins them to AVX2 (plumbing.launch.CPU_KERNELS), so every x86-64 CPU prints one table")
     parser.add_argument("--dry-run", action="store_true", help="print every stage's command, run none")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -43,9 +49,9 @@ def add_launch_flags(parser):
 def set_launch(args):
     """Check the launch flags and set them for every stage launched."""
     if args.procs < 1:
-        raise InputError(f"--procs must be at least 1, got {args.procs}")
+        raise ValueError(f"--procs must be at least 1, got {args.procs}")
     if args.jobs < 1:
-        raise InputError(f"--jobs must be at least 1, got {args.jobs}")
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     Launch.procs, Launch.jobs, Launch.dry_run = args.procs, args.jobs, getattr(args, "dry_run", False)
     Launch.native_kernels, Launch.redo_changed = args.native_kernels, args.redo_changed
 
@@ -122,7 +128,7 @@ def run_stages(stages):
                 print(f"[done] {launch_words(script, *flags, '--out', out)[1]}", flush=True)
                 continue
             if not Launch.redo_changed:  # never report old outputs under new settings
-                raise InputError(f"{out} was made by another command ({script}: {change}); use a new --run, or "
+                raise ValueError(f"{out} was made by another command ({script}: {change}); use a new --run, or "
                                  f"--redo-changed to redo that stage and every stage after it")
             print(f"[changed: {change}] redoing it and every stage after it", flush=True)
             Launch.redoing = True

@@ -363,6 +363,8 @@ TABLES = {
     "default-rl-minus-sft": lambda: differences(DEFAULT, "online-rl", "sft"),
     "default-rl-minus-control": lambda: differences(DEFAULT, "online-rl", "sft-continued-1"),
     "default-rl-budget": lambda: rl_budget(DEFAULT),
+    "default-verdict": lambda: "ETO − SFT: " + differences(DEFAULT, "eto-1", "sft", ("test_unseen",)).split(" ", 1)[1]
+    + "; ETO − control: " + differences(DEFAULT, "eto-1", "sft-continued-1", ("test_unseen",)).split(" ", 1)[1] + ".",
     "default-eto-minus-sft-unseen": lambda: differences(DEFAULT, "eto-1", "sft", ("test_unseen",)),
     "default-eto-minus-control-unseen": lambda: differences(DEFAULT, "eto-1", "sft-continued-1", ("test_unseen",)),
     "default-time": lambda: loop_time(DEFAULT),
