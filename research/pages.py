@@ -347,9 +347,7 @@ def native_table(pinned="results/default", native="results/native", seed=0):
         cells = [" / ".join(f"{value(rows[name], stage, s):.1f}" for s in ("test_seen", "test_unseen"))
                  for name in ("pinned", "native")]
         lines.append(f"| {stage} | {cells[0]} | {cells[1]} |")
-    with open(os.path.join(HERE, native, f"seed{seed}", "host.json")) as f:
-        seconds = json.load(f).get("loop_seconds")
-    return "\n".join(lines) + (f"\n\n`--native-kernels` took {seconds:.0f} s by the loop's last line." if seconds else "")
+    return "\n".join(lines)
 
 
 DEFAULT = "results/default"
