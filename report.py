@@ -429,9 +429,15 @@ def rows_from_evaluations(run):
         with open(path) as f:
             record = json.load(f)
         summary, args = record["summary"], record["args"]
-        rows.append({"stage": stage, "split": split, "avg_reward": summary["avg_reward"],
-                     "success_rate": summary["success_rate"], "n": summary["n"], "model": args["model"],
-                     "seed": args["seed"]})
+        row = {"stage": stage, "split": split, "avg_reward": summary["avg_reward"],
+               "success_rate": summary["success_rate"], "n": summary["n"], "model": args["model"], "seed": args["seed"]}
+        if args.get("samples", 1) > 1:  # Best-of-N: per task, the best of its samples by the env's reward
+            best = {}
+            for trajectory in read_jsonl(path[:-len(".args.json")], ("task_id", "reward")):
+                best[trajectory["task_id"]] = max(best.get(trajectory["task_id"], 0.0), trajectory["reward"])
+            row.update(avg_reward=round(100 * sum(best.values()) / len(best), 2), n=len(best),
+                       success_rate=round(100 * sum(r >= 1.0 for r in best.values()) / len(best), 2))
+        rows.append(row)
 
     def order(row):  # sft, then eto-i, eto-VARIANT-i, sft-continued-i by iteration, then other methods
         name, _, number = row["stage"].rpartition("-")

@@ -51,6 +51,13 @@ def cpu_kind():
 
 def collect(dest, runs):
     for run in runs:
+        if os.path.exists(os.path.join(run, "settings.json")):  # a research/smol.sh run: its settings, stages, table
+            os.makedirs(dest, exist_ok=True)
+            for name in ("settings.json", "log.jsonl", "table.jsonl"):
+                shutil.copy(os.path.join(run, name), os.path.join(dest, name))
+            with open(os.path.join(dest, "host.json"), "w") as f:
+                json.dump({"cpu": cpu_kind()}, f)
+            continue
         with open(os.path.join(run, "loop_args.json")) as f:
             seed = json.load(f)["seed"]
         folder = os.path.join(dest, f"seed{seed}")
@@ -224,8 +231,32 @@ def loop_time(folder, seed=0):
     with open(os.path.join(HERE, folder, f"seed{seed}", "host.json")) as f:
         host = json.load(f)
     return (f"`python loop.py` took **{host['loop_seconds'] / 60:.1f} minutes** ({host['loop_seconds']:.0f} s by the "
-            f"loop's last line, from scratch, alone on 2 cores of an {host['cpu']} host, on the pinned AVX2 kernels). An AVX2-only CPU takes "
-            f"about twice as long ([docs/performance.md](docs/performance.md)). Nothing is downloaded.")
+            f"loop's last line, from scratch, alone on 2 cores of an {host['cpu']} host, on the pinned AVX2 kernels, which an "
+            f"AVX2-only CPU runs too: its time is its cores'. Nothing is downloaded.")
+
+
+LOOP_STAGES = [("expert.jsonl", "the expert on the train tasks (no model)"), ("sft", "SFT"),
+               ("eval/expert.test_seen.jsonl", "the expert on test_seen"), ("eval/expert.test_unseen.jsonl", "the expert on test_unseen"),
+               ("eval/sft.test_seen.jsonl", "SFT on test_seen"), ("eval/sft.test_unseen.jsonl", "SFT on test_unseen"),
+               ("iter1/explore.jsonl", "exploring the train tasks"), ("iter1/pairs.jsonl", "pairs"),
+               ("iter1/model", "DPO (ETO)"), ("iter1/control", "the control"),
+               ("eval/eto-1.test_seen.jsonl", "ETO on test_seen"), ("eval/eto-1.test_unseen.jsonl", "ETO on test_unseen"),
+               ("eval/sft-continued-1.test_seen.jsonl", "the control on test_seen"),
+               ("eval/sft-continued-1.test_unseen.jsonl", "the control on test_unseen")]
+
+
+def stage_times(folder, seed=0):
+    """Each stage of `python loop.py`: its own seconds (its summary's), its script and what it worked on."""
+    summaries = {}
+    for record in read_jsonl(os.path.join(HERE, folder, f"seed{seed}", "summaries.jsonl"), ("file", "summary")):
+        summaries[record["file"].replace("/args.json", "").replace(".args.json", "")] = record["summary"]
+    rows = []
+    for path, what in LOOP_STAGES:
+        summary = summaries[path]
+        work = {"sft": lambda x: f"{x.get('examples')} trajectories", "dpo": lambda x: f"{x.get('pairs')} pairs",
+                "pairs": lambda x: f"{x.get('pairs')} pairs", "explore": lambda x: f"{x.get('n')} episodes"}[summary["stage"]]
+        rows.append([what, f"`{summary['stage']}.py`", work(summary), f"{summary['seconds']:.1f}"])
+    return markdown(["stage (seed 0)", "script", "work", "seconds"], rows)
 
 
 def rl_curve(folder, name="rl-log.jsonl", seed=0, every=5):
@@ -352,6 +383,80 @@ def native_table(pinned="results/default", native="results/native", seed=0):
 
 DEFAULT = "results/default"
 MAIN_STAGES = ["sft", "eto-1", "sft-continued-1", "eto-divergence-nll-1", "rft", "online-rl"]
+def smol_table(folder):
+    """A research/smol.sh run: per model, dev reward and success, what it opens first, invalid actions."""
+    with open(os.path.join(HERE, folder, "settings.json")) as f:
+        dev = json.load(f)["dev"]
+    rows = []
+    for row in read_jsonl(os.path.join(HERE, folder, "table.jsonl"), ("model", "opened")):
+        opened = row["opened"]
+        episodes = sum(opened.values())
+        rows.append([SMOL_NAMES.get(row["model"], row["model"]), f"{row['dev_reward']:.1f}", f"{row['success']:.1f}",
+                     f"{opened.get('item 1', 0)} of {episodes}", str(opened.get("item 2", 0)),
+                     str(row["opened_the_experts_item"]), f"{row['invalid']:.1f}%"])
+    return markdown([f"model (dev, the first {dev} tasks)", "reward", "success %", "opens item 1 first", "opens item 2 first",
+                     "opens the expert's result", "invalid actions"], rows)
+
+
+def smol_time(folder):
+    """Each stage of a research/smol.sh run: its seconds, from its summary line."""
+    with open(os.path.join(HERE, folder, "settings.json")) as f:
+        settings = json.load(f)
+    with open(os.path.join(HERE, folder, "host.json")) as f:
+        host = json.load(f)
+    parts = []
+    for summary in read_jsonl(os.path.join(HERE, folder, "log.jsonl"), ("stage", "out", "seconds")):
+        name = summary["out"].split("/", 2)[-1]  # RUN/...: the stage's output inside the run
+        if summary["seconds"] >= 1:
+            parts.append(f"{name} {summary['seconds']:.0f} s")
+    return (f"DPO lr {settings['dpo_lr']}, autocast {settings['autocast']}, {host['cpu']}: " + "; ".join(parts) + ".")
+
+
+def markdown(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def scienceworld_gold(path="envs/scienceworld_gold.tsv"):
+    """The gold table's size and the tasks whose gold path falls short of 100."""
+    with open(os.path.join(HERE, path)) as f:
+        rows = [line.rstrip("\n").split("\t") for line in f][1:]
+    short = [f"`{task}` ({float(reward):.2f} after {steps} steps)" for task, reward, steps in rows if float(reward) < 1.0]
+    return (f"{len(rows)} tasks, every split; {len(short)} gold paths fall short of 100: " + ", ".join(short) +
+            ". `train` leaves those out; on the test splits they lower the expert's ceiling.")
+
+
+def shop_targets():
+    """Where each split's right result sits on the first results page, and why item 1 is wrong there."""
+    from collections import Counter
+    from envs.shop import ShopEnv, search, tasks
+    env, rows = ShopEnv(), []
+    for split in ("train", "dev", "test_seen", "test_unseen"):
+        ranks, why = Counter(), Counter()
+        for task in tasks()[split]:
+            page = search(task.query)[:5]
+            ranks[page.index(task.target) + 1] += 1
+            if page[0] != task.target:
+                why[ShopEnv._passed_over_because(env.products[page[0]], task).split()[0]] += 1
+        wrong = sum(ranks.values()) - ranks[1]
+        rows.append([f"{split} ({sum(ranks.values())})", " / ".join(str(ranks[k]) for k in range(1, 6)),
+                     f"over the price cap: {why['costs']} of {wrong}"])
+    return markdown(["split", "target is item 1 / 2 / 3 / 4 / 5", "why item 1 is wrong, where it is"], rows)
+
+
+def paper_table(path="results/paper/table.jsonl"):
+    """The paper's main results (average reward x100), as results/paper/table.jsonl holds them; ETO in bold."""
+    rows = read_jsonl(os.path.join(HERE, path), ("method",))
+    columns = [key for key in rows[0] if key != "method"]
+    bold = lambda row, text: f"**{text}**" if row["method"] == "ETO" else text  # noqa: E731
+    return markdown(["method"] + columns, [[bold(row, row["method"])] + [bold(row, f"{row[c]:.1f}") for c in columns]
+                                          for row in rows])
+
+
+SMOL_NAMES = {"sft": "SFT", "eto-a": "ETO (the paper's pairs, Eq. 11)", "control-a": "control: NLL on ETO's chosen side",
+              "eto-b": "divergence pairs + NLL", "control-b": "control of divergence pairs + NLL"}
+SMOL = "results/smol-paper-lr"
+
 TABLES = {
     "default-printed": lambda: printed_table(DEFAULT),
     "default-seeds": lambda: seeds_table(DEFAULT, MAIN_STAGES),
@@ -375,6 +480,12 @@ TABLES = {
     "default-rl-curve": lambda: rl_curve(DEFAULT, "rl-log.jsonl"),
     "default-rl-curve-lr1e-4": lambda: rl_curve(DEFAULT, "rl-lr1e-4-log.jsonl"),
     "default-variant-minus-eto": lambda: differences(DEFAULT, "eto-divergence-nll-1", "eto-1"),
+    "smol-paper-lr": lambda: smol_table(SMOL),
+    "paper": paper_table,
+    "default-stage-times": lambda: stage_times(DEFAULT),
+    "scienceworld-gold": scienceworld_gold,
+    "shop-targets": shop_targets,
+    "smol-paper-lr-time": lambda: smol_time(SMOL),
     "default-variant-minus-control": lambda: differences(DEFAULT, "eto-divergence-nll-1", "sft-continued-1"),
 }
 MARKER = re.compile(r"<!-- table:([\w-]+) -->\n(.*?)<!-- /table:\1 -->", re.S)

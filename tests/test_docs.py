@@ -59,6 +59,61 @@ def test_the_docs_and_docstrings_speak_of_the_software_not_its_history(path):
             assert found is None, f"{os.path.relpath(name, ROOT)}: {found.group(0)!r}"
 
 
+# words of a research log, not of a reference: a page says what the software does and what its data shows
+PAGE_HISTORY = [r"\bso far\b", r"\bearlier\b", r"(?<!buy )\bnow\b", r"\bold default\b", r"\btried and\b",
+                r"\breverted\b", r"\bno longer\b", r"\bpreviously\b", r"\btoday\b", r"\bused to\b"]
+PAGES = ["README.md", "docs/*.md", "research/README.md", "exercises/*.md", "results/*/README.md"]
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_the_pages_read_as_a_reference_not_a_log(path):
+    for name in glob.glob(os.path.join(ROOT, path)):
+        text = open(name, encoding="utf-8").read()
+        for pattern in PAGE_HISTORY:
+            found = re.search(pattern, text, re.I)
+            assert found is None, f"{os.path.relpath(name, ROOT)}: {found.group(0)!r} in " \
+                                  f"{text[max(0, found.start() - 60):found.end() + 30]!r}"
+
+
+def typed_figures(text):
+    """Rows of markdown tables outside the generated markers that hold a measured-looking figure (a decimal
+    number or a percentage): figures typed by hand."""
+    inside, rows = False, []
+    for line in text.splitlines():
+        if line.startswith("<!-- table:"):
+            inside = True
+        elif line.startswith("<!-- /table:"):
+            inside = False
+        elif line.startswith("|") and not inside and re.search(r"\d\.\d|\d ?%", line):
+            rows.append(line)
+    return rows
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_table_with_figures_is_made_from_data(path):
+    for name in glob.glob(os.path.join(ROOT, path)):
+        rows = typed_figures(open(name, encoding="utf-8").read())
+        assert rows == [], f"{os.path.relpath(name, ROOT)}: a table typed by hand: {rows[0]!r}"
+    assert typed_figures("| a | 1.5 |\n") and not typed_figures("<!-- table:x -->\n| a | 1.5 |\n<!-- /table:x -->\n")
+
+
+def anchor(heading):
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_link_between_pages_reaches_a_file_and_heading(path):
+    for name in glob.glob(os.path.join(ROOT, path)):
+        text = open(name, encoding="utf-8").read()
+        for target, fragment in re.findall(r"\]\(([^)#:\s]*)(?:#([^)\s]*))?\)", text):
+            file = os.path.normpath(os.path.join(os.path.dirname(name), target)) if target else name
+            assert os.path.exists(file), f"{os.path.relpath(name, ROOT)}: a link to {target}, which is not there"
+            if fragment:
+                headings = [anchor(h) for h in re.findall(r"^#+ (.*)$", open(file, encoding="utf-8").read(), re.M)]
+                assert fragment in headings, f"{os.path.relpath(name, ROOT)}: no heading #{fragment} in {target or 'itself'}"
+
+
 def test_every_generated_table_on_a_page_is_what_its_data_gives():
     """research/pages.py writes the tables between <!-- table:NAME --> markers from results/; a figure typed
     over by hand, or a table whose data is gone, fails here."""

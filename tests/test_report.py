@@ -226,3 +226,17 @@ def test_mean_std_table_over_seeds():
     assert "| sft | 55.0 +- 5.0 | 20.0 +- 10.0 | 55.0 +- 5.0 | 20.0 +- 10.0 |" in table
     dev_only = mean_std_table([{**row, "split": "dev"} for row in rows if row["split"] == "test_seen"])
     assert "| model | dev reward | dev success |" in dev_only and "| sft | 55.0 +- 5.0 | 20.0 +- 10.0 |" in dev_only
+
+
+def test_a_sampled_evaluation_is_rebuilt_as_best_of_n(tmp_path):
+    """Best-of-N rows from the evaluation files alone: per task the best sample's reward, by hand."""
+    from report import rows_from_evaluations
+    (tmp_path / "eval").mkdir()
+    samples = [("t0", 0.2), ("t0", 1.0), ("t1", 0.5), ("t1", 0.25)]  # best: 1.0 and 0.5 -> 75.0, 1 success of 2
+    path = tmp_path / "eval" / "best-of-2.test_seen.jsonl"
+    path.write_text("".join(json.dumps({"task_id": t, "reward": r, "messages": []}) + "\n" for t, r in samples))
+    summary = {"avg_reward": 48.75, "success_rate": 25.0, "n": 4}  # what explore.py writes: the mean over samples
+    (tmp_path / "eval" / "best-of-2.test_seen.jsonl.args.json").write_text(
+        json.dumps({"summary": summary, "args": {"model": "m", "seed": 0, "samples": 2}}))
+    (row,) = rows_from_evaluations(str(tmp_path))
+    assert (row["stage"], row["avg_reward"], row["success_rate"], row["n"]) == ("best-of-2", 75.0, 50.0, 2)
