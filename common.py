@@ -109,7 +109,8 @@ def add_system_flags(parser):
     group.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
     group.add_argument("--autocast", default="none", choices=("none", "bf16"),
                        help="bf16: matmuls in bf16 under torch.autocast, weights and optimizer state in fp32; faster "
-                            "on GPUs and CPUs with AVX-512 BF16, ~14x slower on AVX2-only CPUs (docs/performance.md)")
+                            "on GPUs and CPUs with AVX-512 BF16, many times slower on AVX2-only CPUs (research/bench.py "
+                            "--only matmul,sft measures a machine)")
     group.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
 
 
@@ -219,6 +220,7 @@ def stage_record(args, **fields):
 
 
 def write_json(path, obj):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2)

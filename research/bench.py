@@ -3,6 +3,7 @@
     python loop.py                                  # first: a finished run to measure with
     python research/bench.py --run runs/default              # a few minutes on 2 cores
     python research/bench.py --run runs/default --only rollout,loop
+    python research/bench.py --run runs/default --only matmul,sft,dpo,rollout --out results/bench/bench.json
 
 Sections (--only picks some):
   matmul   the machine's fp32 and bf16 matmul peak (GFLOP/s), the yardstick for the rest
@@ -30,7 +31,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the stages live one folder up
 import envs
 from common import (InputError, autocast, load_model, micro_batches, pad_batch, read_jsonl, run_main,
-                    sequence_logps, tokenize_conversation)
+                    sequence_logps, tokenize_conversation, write_json)
 from dpo import Objective, accumulate_step, reference_logps, tokenize_pair
 from explore import make_generate_policy, rollout
 from plumbing.decode import end_of_turn_token
@@ -276,6 +277,8 @@ def main():
     parser.add_argument("--run", default="runs/default", help="a finished loop.py run: its sft model, expert data, pairs")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of: {', '.join(SECTIONS)}")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where the model runs (fp32 weights either way)")
+    parser.add_argument("--out", default=None, help="also write the table as JSON here (research/pages.py makes "
+                                                    "docs/performance.md's table from it)")
     args = parser.parse_args()
     global DEVICE
     DEVICE = args.device
@@ -304,6 +307,8 @@ def main():
         bench_rollout(model, tokenizer, rows)
     if "loop" in sections:
         bench_loop(args.run, tokenizer, rows)
+    if args.out:
+        write_json(args.out, {"torch": torch.__version__, "where": where, "command": sys.argv[1:], "rows": rows})
 
 
 if __name__ == "__main__":

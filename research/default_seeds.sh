@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The default loop's 3-seed table: per seed, `python loop.py` (its time and printed table), then the
-# divergence-nll variant and every model on dev as well (finished stages are reused), then online RL from
-# the same SFT model; the results files go to results/default (research/pages.py --collect), from which
+# divergence-nll variant and every model on dev as well (finished stages are reused), then online RL, RFT
+# and Best-of-4 from the same SFT model; the results files go to results/default (research/pages.py --collect), from which
 # research/pages.py writes the tables of README.md and docs/results.md. About 2 hours on 2 CPU cores.
 #   bash research/default_seeds.sh [SEEDS]        # default: 0 1 2; seed 0 runs in runs/default
 set -euo pipefail
@@ -21,6 +21,8 @@ for run in "${runs[@]}"; do
   # rebuilds every row from the evaluations)
   python research/experiments.py --run $run --seed $seed --methods sft,rft --eval-splits dev,test_seen,test_unseen \
     > $run.rft.log 2>&1
+  # Best-of-4 from the same SFT model (the paper's Best-of-N row: an oracle over samples, no training)
+  python research/experiments.py --run $run --seed $seed --methods sft,bon > $run.bon.log 2>&1
 done
 # seed 0 only: online RL at lr 1e-4, and at twice the iterations (a copy of the 25-iteration run, resumed)
 python online_rl.py --run runs/default --out runs/default/rl-lr1e-4 --lr 1e-4 --eval-splits dev,test_seen,test_unseen \

@@ -30,15 +30,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the stages live one folder up
 from common import InputError, read_jsonl, run_main, write_json, write_jsonl
-from loop import RECIPES, limit_flags, run_stage
+from loop import RECIPES, VARIANTS, limit_flags, run_stage
 from report import behaviour, item_pair_counts
 
-# lever -> (exploration, pair level, DPO flags over the tiny model's defaults[, flags its control gets too])
+# lever -> (exploration, pair level, DPO flags over divergence pairs + NLL's settings[, flags its control gets too])
 LEVERS = {
-    "eto": ("greedy", "divergence", []),                                     # today's default recipe
+    "eto": ("greedy", "divergence", []),                                     # divergence pairs + NLL
     "eto-no-nll": ("greedy", "divergence", ["--sft-weight", "0"]),           # the preference term alone
     "dpop": ("greedy", "divergence", ["--loss", "dpop", "--dpop-lambda", "5"]),
-    "trajectory": ("greedy", "trajectory", []),                              # the paper's pairs
+    "trajectory": ("greedy", "trajectory", []),                              # the paper's pairs, + NLL
     "trajectory-dpop": ("greedy", "trajectory", ["--loss", "dpop", "--dpop-lambda", "5"]),
     "sampled4": ("sampled4", "divergence", []),                              # 4 samples per task at T = 1
     "sampled4-within": ("sampled4", "within", []),                           # best vs worst sample of a task
@@ -104,9 +104,10 @@ def lever_rows(args, seed_run, seed, lever, iteration=1):
     else:
         source = ["--expert", expert, "--level", level]
     summary = run_stage("pairs.py", pairs, "--explored", explored, *source)
-    full = RECIPES["full"]  # the recipe these variants were measured against
-    base = ["--lr", str(full["dpo_lr"]), "--beta", str(full["beta"]), "--epochs",
-            str(full["dpo_epochs"]), "--sft-weight", str(full["sft_weight"]), "--seed", str(seed)]
+    # every lever departs from divergence pairs + NLL (loop.py's VARIANTS), at the full recipe's DPO epochs
+    variant = VARIANTS["divergence-nll"]
+    base = ["--lr", str(variant["lr"]), "--beta", str(variant["beta"]), "--epochs", str(RECIPES["full"]["dpo_epochs"]),
+            "--sft-weight", str(variant["sft_weight"]), "--seed", str(seed)]
     model = os.path.join(seed_run, "levers", name)
     run_stage("dpo.py", model, "--model", policy, "--pairs", pairs, *base, *flags, *shared)
     # the control: the same chosen turns, the same steps, NLL only
@@ -119,7 +120,7 @@ def lever_rows(args, seed_run, seed, lever, iteration=1):
 
 
 def options_right(rows):
-    if any("options_right" not in r for r in rows):  # rows written before this column existed
+    if any("options_right" not in r for r in rows):  # rows without this column
         return "-"
     return f"{sum(r['options_right'] for r in rows)} of {sum(r['n'] for r in rows)}"
 
