@@ -5,7 +5,7 @@
     python online_rl.py --run runs/default --out runs/default/rl-step --step-credit   # GiGPO's step groups
 
 The paper's PPO row (Table 2) trains on the env's reward, on-policy; this is that algorithm in the form
-used for LLM agents now (GRPO, Shao et al. 2024): no value model, a group of G episodes per task, each
+common in LLM-agent RL (GRPO, Shao et al. 2024): no value model, a group of G episodes per task, each
 episode's advantage its reward minus the group's mean. Each iteration:
   1. sample G episodes (temperature 1) of each of --tasks train tasks with the current policy;
   2. advantage of an episode = reward - mean of its group (/ the group's std with --normalize-std; a group

