@@ -160,6 +160,7 @@ def test_online_rl_refuses_bad_counts_and_a_missing_run_in_one_line(tmp_path):
     assert done.returncode == 2 and "--group-size must be at least 1, got 0" in done.stderr
 
 
+@pytest.mark.slow  # three runs of online_rl.py, each with its evaluation: ~45 s on 2 cores
 def test_a_killed_run_resumes_to_the_weights_of_one_never_killed(tmp_path, one_thread):
     """online_rl.py from a run's SFT model (door_policy's, on the doors env): 2 iterations, then 3 from there,
     give the log and weights of 3 in one go; the table prints beside the run's own rows."""
