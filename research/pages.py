@@ -387,7 +387,8 @@ TRAINED = [stage for stage in MAIN_STAGES if stage != "best-of-4"]  # models; Be
 def smol_table(folder):
     """A research/smol.sh run: per model, dev reward and success, what it opens first, invalid actions."""
     with open(os.path.join(HERE, folder, "settings.json")) as f:
-        dev = json.load(f)["dev"]
+        settings = json.load(f)
+    dev, seed = settings["dev"], settings["seed"]
     rows = []
     for row in read_jsonl(os.path.join(HERE, folder, "table.jsonl"), ("model", "opened")):
         opened = row["opened"]
@@ -395,7 +396,7 @@ def smol_table(folder):
         rows.append([SMOL_NAMES.get(row["model"], row["model"]), f"{row['dev_reward']:.1f}", f"{row['success']:.1f}",
                      f"{opened.get('item 1', 0)} of {episodes}", str(opened.get("item 2", 0)),
                      str(row["opened_the_experts_item"]), f"{row['invalid']:.1f}%"])
-    return markdown([f"model (dev, the first {dev} tasks)", "reward", "success %", "opens item 1 first", "opens item 2 first",
+    return markdown([f"model (seed {seed}; dev, the first {dev} tasks)", "reward", "success %", "opens item 1 first", "opens item 2 first",
                      "opens the expert's result", "invalid actions"], rows)
 
 
@@ -535,6 +536,9 @@ TABLES = {
     "default-rl-curve-lr1e-4": lambda: rl_curve(DEFAULT, "rl-lr1e-4-log.jsonl"),
     "default-variant-minus-eto": lambda: differences(DEFAULT, "eto-divergence-nll-1", "eto-1"),
     "smol-paper-lr": lambda: smol_table(SMOL),
+    "smol-paper-lr-seed1": lambda: smol_table(SMOL + "-seed1"),
+    "smol-paper-lr-seed1-training": lambda: smol_training(SMOL + "-seed1"),
+    "smol-paper-lr-seed1-time": lambda: smol_time(SMOL + "-seed1"),
     "paper": paper_table,
     "exercise-times": lambda: exercise_times(DEFAULT),
     "bench": bench_table,
