@@ -400,6 +400,21 @@ def smol_table(folder):
                      "opens the expert's result", "invalid actions"], rows)
 
 
+def smol_differences(folders):
+    """ETO − control and ETO − SFT in dev reward and success, per seed of research/smol.sh runs."""
+    by_seed, seeds = [], []
+    for folder in folders:
+        rows = {r["model"]: r for r in read_jsonl(os.path.join(HERE, folder, "table.jsonl"), ("model",))}
+        by_seed.append(rows)
+        with open(os.path.join(HERE, folder, "settings.json")) as f:
+            seeds.append(str(json.load(f)["seed"]))
+    def line(other, key):
+        return ", ".join(f"{rows['eto-a'][key] - rows[other][key]:+.1f}" for rows in by_seed)
+    return (f"ETO − control, seeds {', '.join(seeds)}: reward {line('control-a', 'dev_reward')}; "
+            f"success {line('control-a', 'success')}. ETO − SFT: reward {line('sft', 'dev_reward')}; success "
+            f"{line('sft', 'success')}.")
+
+
 def smol_time(folder):
     """Each stage of a research/smol.sh run: its seconds, from its summary line."""
     with open(os.path.join(HERE, folder, "settings.json")) as f:
@@ -411,7 +426,8 @@ def smol_time(folder):
         name = summary["out"].split("/", 2)[-1]  # RUN/...: the stage's output inside the run
         if summary["seconds"] >= 1:
             parts.append(f"{name} {summary['seconds']:.0f} s")
-    return (f"DPO lr {settings['dpo_lr']}, autocast {settings['autocast']}, {host['cpu']}: " + "; ".join(parts) + ".")
+    return (f"Seed {settings['seed']} (DPO lr {settings['dpo_lr']}, autocast {settings['autocast']}, {host['cpu']}): "
+            + "; ".join(parts) + ".")
 
 
 def smol_training(folder):
@@ -433,7 +449,9 @@ def smol_training(folder):
             what = ""
         parts.append(f"{name}: {summary['pairs']} pairs, {summary['steps']} steps; {what}the chosen side's NLL "
                      f"{summary['nll/chosen']:.3f} a token")
-    return "; ".join(parts) + " (the mean over the last tenth of each stage's steps, as its summary gives them)."
+    with open(os.path.join(HERE, folder, "settings.json")) as f:
+        seed = json.load(f)["seed"]
+    return f"Seed {seed}: " + "; ".join(parts) + " (the mean over the last tenth of each stage's steps, as its summary gives them)."
 
 
 def markdown(header, rows):
@@ -537,6 +555,7 @@ TABLES = {
     "default-variant-minus-eto": lambda: differences(DEFAULT, "eto-divergence-nll-1", "eto-1"),
     "smol-paper-lr": lambda: smol_table(SMOL),
     "smol-paper-lr-seed1": lambda: smol_table(SMOL + "-seed1"),
+    "smol-paper-lr-differences": lambda: smol_differences([SMOL, SMOL + "-seed1"]),
     "smol-paper-lr-seed1-training": lambda: smol_training(SMOL + "-seed1"),
     "smol-paper-lr-seed1-time": lambda: smol_time(SMOL + "-seed1"),
     "paper": paper_table,
