@@ -30,7 +30,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the stages live one folder up
 from common import InputError, read_jsonl, run_main, write_json, write_jsonl
-from loop import RECIPES, VARIANTS, limit_flags, run_stage
+from loop import limit_flags, run_stage
+from plumbing.loop_flags import RECIPES, VARIANTS
 from report import behaviour, item_pair_counts
 
 # lever -> (exploration, pair level, DPO flags over divergence pairs + NLL's settings[, flags its control gets too])
@@ -104,7 +105,7 @@ def lever_rows(args, seed_run, seed, lever, iteration=1):
     else:
         source = ["--expert", expert, "--level", level]
     summary = run_stage("pairs.py", pairs, "--explored", explored, *source)
-    # every lever departs from divergence pairs + NLL (loop.py's VARIANTS), at the full recipe's DPO epochs
+    # every lever departs from divergence pairs + NLL (VARIANTS in plumbing/loop_flags.py), at the full recipe's DPO epochs
     variant = VARIANTS["divergence-nll"]
     base = ["--lr", str(variant["lr"]), "--beta", str(variant["beta"]), "--epochs", str(RECIPES["full"]["dpo_epochs"]),
             "--sft-weight", str(variant["sft_weight"]), "--seed", str(seed)]

@@ -50,6 +50,10 @@ def cpu_kind():
 
 
 def collect(dest, runs):
+    for run in runs:  # every run checked before anything is copied
+        if not any(os.path.exists(os.path.join(run, name)) for name in ("settings.json", "loop_args.json")):
+            raise InputError(f"{run}: not a finished run (no loop_args.json from loop.py, no settings.json from "
+                             f"research/smol.sh)")
     for run in runs:
         if os.path.exists(os.path.join(run, "settings.json")):  # a research/smol.sh run: its settings, stages, table
             os.makedirs(dest, exist_ok=True)
