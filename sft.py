@@ -102,6 +102,13 @@ def lr_lambda(warmup_steps, total_steps, min_ratio=0.1):
     return factor
 
 
+def loss_curve(step_losses, points=10):
+    """The epoch's training loss as `points` means over consecutive stretches of its steps (this process's
+    share of each step under torchrun): the curve a spike or a stall shows in, printed each epoch."""
+    size = max(1, math.ceil(len(step_losses) / points))
+    return [round(sum(part) / len(part), 4) for part in (step_losses[i:i + size] for i in range(0, len(step_losses), size))]
+
+
 @torch.no_grad()
 def mean_nll(model, examples, device, batch_size=32, precision="none"):
     model.eval()
@@ -200,26 +207,34 @@ def main():
 
     best_dev, best_state, bad_epochs, history = float("inf"), None, 0, []
     for epoch in range(1, args.epochs + 1):
-        epoch_loss, epoch_tokens = 0.0, 0.0
-        for batch_indices in tqdm(length_batches(train_examples, args.batch_size, rng), desc=f"sft epoch {epoch}",
-                                  leave=False, disable=not ranks.main):
+        epoch_loss, epoch_tokens, step_losses, grad_norms = 0.0, 0.0, [], []
+        bar = tqdm(length_batches(train_examples, args.batch_size, rng), desc=f"sft epoch {epoch}", leave=False,
+                   disable=not ranks.main)
+        for batch_indices in bar:
             batch = [train_examples[i] for i in batch_indices]
             n_tokens = sum(sum(mask[1:]) for _, mask in batch)  # the loss is a mean over the step's agent tokens
+            step_loss = 0.0
             for micro in ranks.passes(trained, batch, split):
                 with autocast(args.device, args.autocast):
                     loss_sum, count = masked_nll(trained, micro, args.device)
                 ranks.backward(loss_sum / n_tokens)  # alone: (loss_sum / n_tokens).backward()
                 if ranks.counting:  # not a pass run only to keep in step with the other processes
                     epoch_loss, epoch_tokens = epoch_loss + loss_sum.item(), epoch_tokens + count.item()
+                    step_loss += loss_sum.item() / n_tokens
             stop_if_diverged(ranks.sum(epoch_loss), model, tokenizer, args.out, {"args": vars(args), "history": history},
                              f"epoch {epoch} step {scheduler.last_epoch + 1}", save=ranks.main and not args.fsdp)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+            # the norm before clipping: a spike here, not only the epoch's mean loss, is where a run goes wrong
+            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)))
+            step_losses.append(step_loss)
+            bar.set_postfix(loss=f"{sum(step_losses[-20:]) / len(step_losses[-20:]):.3f}")  # the last 20 steps
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         dev_loss = round(mean_nll(model, dev_examples, args.device, precision=args.autocast), 4) if dev_examples else None
         train_loss = ranks.sum(epoch_loss) / ranks.sum(epoch_tokens)
-        history.append({"epoch": epoch, "train_loss": round(train_loss, 4), "dev_loss": dev_loss})
+        history.append({"epoch": epoch, "train_loss": round(train_loss, 4), "dev_loss": dev_loss,
+                        "loss_curve": loss_curve(step_losses), "max_grad_norm": round(max(grad_norms, default=0.0), 3),
+                        "clipped_steps": sum(norm > GRAD_CLIP for norm in grad_norms)})
         if ranks.main:
             print(json.dumps(history[-1]), file=sys.stderr)
         if not dev_examples:
@@ -237,7 +252,8 @@ def main():
     summary = {"stage": "sft", "out": args.out, "params": n_params, "examples": len(train_examples),
                "dev_examples": len(dev_examples), "skipped": skipped, "truncated": truncated, "below_min_reward": below,
                "epochs": len(history), "train_loss": history[-1]["train_loss"] if history else None,
-               "dev_loss": round(best_dev, 4) if dev_examples and history else None, "seconds": round(time.time() - started, 1)}
+               "dev_loss": round(best_dev, 4) if dev_examples and history else None,
+               "max_grad_norm": max((h["max_grad_norm"] for h in history), default=None), "seconds": round(time.time() - started, 1)}
     save_trained(ranks, model, tokenizer, args.out, args, history, summary)
 
 if __name__ == "__main__":

@@ -12,6 +12,17 @@ import sys
 # bit, so one seed trains one model on both; without them the same seed's SFT differs by more than the
 # spread over seeds. They must be set before torch loads, so a stage can only record them.
 CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# ...and the threads a stage alone runs on (two side by side take one each): a matrix product split over
+# more threads may sum in another order, so a laptop with 8 cores computes what a 2-core host computes.
+CPU_THREADS = 2
+
+
+def available_cores():
+    """The cores this process may use: its affinity set on Linux, the CPU count on macOS and Windows
+    (the affinity call exists only on Linux)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return (getattr(os, "process_cpu_count", None) or os.cpu_count)() or 1
 
 
 
@@ -60,7 +71,16 @@ def kernel_settings():
     """The `export` line that pins the CPU kernels (None with --native-kernels), and the variables it sets."""
     if Launch.native_kernels:
         return None, {}
-    return "export " + " ".join(f"{name}={value}" for name, value in CPU_KERNELS.items()), dict(CPU_KERNELS)
+    pinned = {**CPU_KERNELS, "OMP_NUM_THREADS": str(CPU_THREADS)}
+    return "export " + " ".join(f"{name}={value}" for name, value in pinned.items()), pinned
+
+
+def threads_of(group_size):
+    """OMP_NUM_THREADS for each of `group_size` stages run side by side (None: the stage's default): pinned,
+    CPU_THREADS shared out; with --native-kernels, this machine's cores shared out."""
+    if not Launch.native_kernels:
+        return str(max(1, CPU_THREADS // group_size))
+    return str(max(1, available_cores() // group_size)) if group_size > 1 else None
 
 
 def flag_values(words):
@@ -135,10 +155,11 @@ def run_stages(stages):
         todo.append((script, [*flags, "--out", out], out))
     for start in range(0, len(todo), Launch.jobs):
         group = todo[start:start + Launch.jobs]
-        threads = str(max(1, len(os.sched_getaffinity(0)) // len(group))) if len(group) > 1 else None
-        started = [start_command(script, flags, threads, log=out + ".log" if i else None)
+        threads = threads_of(len(group))
+        started = [start_command(script, flags, threads, log=out + ".log" if i else None,
+                                 side_by_side=len(group) > 1)
                    for i, (script, flags, out) in enumerate(group)]
-        if threads:
+        if len(group) > 1:
             print("$ wait", flush=True)
         for process, shown, log in started:
             if process is not None and process.wait() != 0:
@@ -165,13 +186,14 @@ def read_record(script, out):
         return json.load(f)
 
 
-def start_command(script, flags, threads=None, log=None):
-    """Print a stage's command and start it; with `threads`, on that many threads, shown with a trailing `&`.
+def start_command(script, flags, threads=None, log=None, side_by_side=False):
+    """Print a stage's command and start it; with `threads`, on that many threads; `side_by_side`: one of
+    stages run together, printed with its threads and a trailing `&`.
     Returns (the process, None under --dry-run; the command as printed; `log`, where its stderr goes)."""
     launcher, shown = launch_words(script, *flags)
-    if threads:
+    if side_by_side:
         shown = f"OMP_NUM_THREADS={threads} {shown}"
-    print(f"$ {shown}{' &' if threads else ''}", flush=True)
+    print(f"$ {shown}{' &' if side_by_side else ''}", flush=True)
     if Launch.dry_run:
         return None, shown, log
     env = {**os.environ, **kernel_settings()[1]}

@@ -355,21 +355,33 @@ def behaviour_table(folder, stages, split):
     return "\n".join(lines)
 
 
-KERNEL_SETS = {"all": "all three", "none": "none (the CPU's own kernels)", "aten": "ATEN_CPU_CAPABILITY=avx2",
+KERNEL_SETS = {"all": "the three pinned variables", "all+cbwr-avx2": "the three + MKL_CBWR=AVX2",
+               "all+cbwr-avx2-strict": "the three + MKL_CBWR=AVX2,STRICT",
+               "all+cbwr-compatible": "the three + MKL_CBWR=COMPATIBLE", "aten": "ATEN_CPU_CAPABILITY=avx2 alone",
                "aten_mkl": "ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS", "aten_onednn": "ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA",
-               "mkl_onednn": "MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA"}
+               "mkl_onednn": "MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA", "none": "none (the CPU's own kernels)"}
 
 
-def kernels_table(path="results/kernels/sft-hashes.txt"):
-    """Which pinned variables give the weights the three together give (SFT, byte for byte)."""
-    hashes = dict(line.split()[::-1] for line in open(os.path.join(HERE, path)) if line.strip())
-    letters = {}  # one letter per distinct set of weights, in order of appearance
-    for name in KERNEL_SETS:
-        letters.setdefault(hashes[name], "ABCDEFG"[len(letters)])
-    lines = ["| variables set on the AVX-512 host | SFT weights (same letter: byte-identical) | the same as all three |",
-             "|---|---|---|"]
-    for name, label in KERNEL_SETS.items():
-        lines.append(f"| {label} | {letters[hashes[name]]} | {'yes' if hashes[name] == hashes['all'] else 'no'} |")
+def kernels_table(folder="results/kernels"):
+    """research/kernels.sh on each host (a file each): which settings give which SFT weights, byte for byte,
+    one letter per distinct sha1 across every host."""
+    hosts = {}
+    for name in sorted(os.listdir(os.path.join(HERE, folder))):
+        if not name.endswith(".txt") or name == "inputs.txt":
+            continue
+        with open(os.path.join(HERE, folder, name)) as f:
+            lines = f.read().splitlines()
+        cpu = lines[0].lstrip("# ").split(" (")[0].split(", 2 cores")[0]
+        hosts[cpu] = {line.split()[1]: line.split()[0] for line in lines[1:] if line.strip()}
+    letters = {}
+    for setting in KERNEL_SETS:
+        for hashes in hosts.values():
+            if setting in hashes:
+                letters.setdefault(hashes[setting], "ABCDEFGHIJKLMNOP"[len(letters)])
+    lines = ["| `sft.py` under | " + " | ".join(hosts) + " |", "|---|" + "---|" * len(hosts)]
+    for setting, label in KERNEL_SETS.items():
+        if any(setting in hashes for hashes in hosts.values()):
+            lines.append(f"| {label} | " + " | ".join(letters.get(hashes.get(setting), "–") for hashes in hosts.values()) + " |")
     return "\n".join(lines)
 
 

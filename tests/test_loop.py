@@ -28,7 +28,7 @@ def test_loop_refuses_bad_counts_in_one_line(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-PIN_LINE = "$ export ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2"
+PIN_LINE = "$ export ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=2"
 LOOP = [sys.executable, "loop.py", "--train-limit", "8", "--eval-limit", "2", "--sft-epochs", "1", "--iterations", "1",
         "--dpo-epochs", "1", "--max-steps", "2"]
 
@@ -125,7 +125,7 @@ def command(line):
 def test_independent_stages_run_side_by_side_with_the_cores_shared_out():
     printed = subprocess.run([sys.executable, "loop.py", "--dry-run", "--run", "r"], cwd=ROOT, capture_output=True,
                              text=True, timeout=60).stdout.splitlines()
-    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    threads = 1  # the pinned 2 threads shared by two stages, whatever this machine's cores
     for out in ("r/eval/expert.test_seen.jsonl", "r/eval/sft.test_seen.jsonl", "r/iter1/model",
                 "r/eval/eto-1.test_seen.jsonl", "r/eval/sft-continued-1.test_seen.jsonl"):
         [at] = [i for i, line in enumerate(printed) if line.endswith(f"--out {out} &")]  # the first of two, then wait
@@ -135,7 +135,13 @@ def test_independent_stages_run_side_by_side_with_the_cores_shared_out():
     assert printed[printed.index("$ wait") - 2].endswith("--out r/eval/expert.test_seen.jsonl &")
     one_at_a_time = subprocess.run([sys.executable, "loop.py", "--dry-run", "--run", "r", "--jobs", "1"], cwd=ROOT,
                                    capture_output=True, text=True, timeout=60).stdout
-    assert "&" not in one_at_a_time and "wait" not in one_at_a_time and "OMP_NUM_THREADS" not in one_at_a_time
+    assert "&" not in one_at_a_time and "wait" not in one_at_a_time
+    assert one_at_a_time.count("OMP_NUM_THREADS") == 1 and PIN_LINE in one_at_a_time  # only in the pinned line
+    native = subprocess.run([sys.executable, "loop.py", "--dry-run", "--run", "r", "--native-kernels"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60).stdout.splitlines()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert f"$ OMP_NUM_THREADS={max(1, cores // 2)} python explore.py --env shop --split test_seen --expert " \
+           f"--out r/eval/expert.test_seen.jsonl &" in native and not any("export" in line for line in native)
     loaded = subprocess.run([sys.executable, "loop.py", "--dry-run", "--run", "r", "--model", "m"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60).stdout
     assert "&" not in loaded  # a loaded model's stages have the machine to themselves
@@ -202,3 +208,43 @@ def test_the_stages_get_the_defaults_that_fit_the_model_and_a_given_flag_wins():
     # the control: the same steps on the same pairs, the preference term off
     control = stage(tiny, "dpo.py", "r/iter1/control")
     assert control.startswith("python dpo.py --model r/sft --pairs r/iter1/pairs.jsonl --dpo-weight 0 --sft-weight 1 ")
+
+
+LINUX_ONLY = ("sched_getaffinity", "sched_setaffinity", "/proc/", "os.fork(", "resource.", "fcntl", "os.getuid",
+              "signal.SIGKILL", "signal.SIGHUP", "os.killpg", "os.setsid")
+
+
+def test_the_default_path_calls_nothing_linux_only():
+    """The stages, the loop, plumbing/ and envs/ run on macOS and Windows: no call that exists only on Linux
+    (or only on POSIX) outside a guard. plumbing/launch.py's guarded affinity call is the one exception."""
+    import glob
+    files = [*glob.glob(os.path.join(ROOT, "*.py")), *glob.glob(os.path.join(ROOT, "plumbing", "*.py")),
+             *glob.glob(os.path.join(ROOT, "envs", "*.py"))]
+    assert len(files) > 15
+    found = []
+    for path in files:
+        for number, line in enumerate(open(path, encoding="utf-8"), 1):
+            if any(word in line for word in LINUX_ONLY) and not line.lstrip().startswith("#"):
+                found.append(f"{os.path.relpath(path, ROOT)}:{number}: {line.strip()}")
+    allowed = ['plumbing/launch.py', 'if hasattr(os, "sched_getaffinity"):', 'return len(os.sched_getaffinity(0))']
+    assert [f for f in found if not (f.startswith(allowed[0]) and f.endswith((allowed[1], allowed[2])))] == []
+
+
+def test_a_small_loop_runs_where_sched_getaffinity_is_missing(tmp_path):
+    """As on macOS or Windows: a sitecustomize on PYTHONPATH removes os.sched_getaffinity from the loop and
+    every stage it starts, and the loop runs to its table with its stages side by side."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import os\nif hasattr(os, 'sched_getaffinity'):\n"
+                                           "    del os.sched_getaffinity\n")
+    env = {**os.environ, "PYTHONPATH": str(hide)}
+    probe = subprocess.run([sys.executable, "-c", "import os; print(hasattr(os, 'sched_getaffinity'))"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "False"  # the removal takes effect
+    for flags in ([], ["--native-kernels"]):  # pinned threads, and this machine's cores shared out
+        run = tmp_path / ("run" + "".join(flags))
+        done = subprocess.run(LOOP + ["--run", str(run), "--no-control", *flags], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "AttributeError" not in done.stderr and "$ wait" in done.stdout
+        assert {r["stage"] for r in read_rows(run)} == {"sft", "eto-1"}
