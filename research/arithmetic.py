@@ -23,7 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import HelpFormatter, read_jsonl, run_main  # noqa: E402
-from plumbing.launch import CPU_KERNELS  # noqa: E402
+from plumbing.launch import CPU_KERNELS, flag_values  # noqa: E402
 from research.pages import cpu_kind  # noqa: E402
 from plumbing.loop_flags import RECIPES  # noqa: E402
 
@@ -32,7 +32,7 @@ PINNED = dict(CPU_KERNELS)
 # Each a correct arithmetic that sums in another order or rounds at other places; the threads are part of it
 # (MKL splits a product over its threads). On an AVX2-only AMD EPYC, each gives SFT weights of their own hash.
 PERTURBATIONS = {
-    "pinned": {**PINNED, "OMP_NUM_THREADS": "1"},                                  # what loop.py runs
+    "pinned": {**PINNED, "OMP_NUM_THREADS": "2"},                                  # what loop.py runs
     "aten-default": {**PINNED, "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"},  # ATen without vectors
     "mkl-compatible": {**PINNED, "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1"},   # MKL's SSE2-level code path
     "mkl-compatible-2-threads": {**PINNED, "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "2"},  # split over 2 threads
@@ -88,14 +88,15 @@ def run_one(name, perturbation, seed, recipe, args):
     return subprocess.Popen(["bash", "-c", script], env=env, stdout=log, stderr=subprocess.STDOUT), folder
 
 
-def row_of(name, perturbation, seed, folder):
+def row_of(name, perturbation, seed, folder, dev_file=None):
+    dev_file = dev_file or os.path.join(folder, "dev.jsonl")
     with open(os.path.join(folder, "sft", "args.json")) as f:
         sft = json.load(f)
-    with open(os.path.join(folder, "dev.jsonl.args.json")) as f:
+    with open(dev_file + ".args.json") as f:
         dev = json.load(f)["summary"]
     with open(os.path.join(folder, "sft", "model.safetensors"), "rb") as f:
         sha1 = hashlib.sha1(f.read()).hexdigest()
-    follows = [first_click_follows_price(r) for r in read_jsonl(os.path.join(folder, "dev.jsonl"))]
+    follows = [first_click_follows_price(r) for r in read_jsonl(dev_file)]
     follows = [f for f in follows if f is not None]
     return {"recipe": name, "perturbation": perturbation, "seed": seed, "kernels": PERTURBATIONS[perturbation],
             "sft_command": sft.get("command"), "weights_sha1": sha1, "train_loss": sft["summary"]["train_loss"],
@@ -115,6 +116,9 @@ def main():
     parser.add_argument("--perturbations", nargs="+", default=list(PERTURBATIONS), choices=tuple(PERTURBATIONS),
                         help="arithmetic settings, each its own environment variables (PERTURBATIONS)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    parser.add_argument("--pinned-from", nargs="+", default=[], metavar="RUN",
+                        help="loop.py runs (with dev evaluated) whose SFT is the pinned row of their seed: the same "
+                             "command on the same kernels, not trained twice")
     parser.add_argument("--eval-limit", type=int, default=None, help="dev tasks evaluated (None: all 200)")
     parser.add_argument("--work", default="runs/arithmetic", help="folder for the models and rollouts")
     parser.add_argument("--results", default="results/arithmetic", help="folder for NAME.jsonl")
@@ -130,8 +134,19 @@ def main():
         os.makedirs(args.work, exist_ok=True)
         subprocess.run([sys.executable, os.path.join(HERE, "explore.py"), "--env", "shop", "--split", "train",
                         "--expert", "--out", args.expert], check=True, stdout=subprocess.DEVNULL)
-    todo = [(p, s) for s in args.seeds for p in args.perturbations]
-    rows = []
+    rows, from_runs = [], {}
+    for run in args.pinned_from:
+        with open(os.path.join(run, "loop_args.json")) as f:
+            from_runs[json.load(f)["seed"]] = run
+    for seed, run in sorted(from_runs.items()):
+        if seed in args.seeds and "pinned" in args.perturbations:
+            rows.append(row_of(args.name, "pinned", seed, run, os.path.join(run, "eval", "sft.dev.jsonl")))
+            got, wanted = flag_values(rows[-1]["sft_command"]), flag_values(sft_flags(recipe, seed))
+            differ = [flag for flag in wanted if flag != "--warmup-ratio" and got.get(flag) != wanted[flag]]
+            if differ or got.get("--warmup-ratio", "0.03") != wanted.get("--warmup-ratio", "0.03"):
+                raise ValueError(f"{run}: its SFT was not trained with this recipe ({(differ or ['--warmup-ratio'])[0]} "
+                                 f"{got.get((differ or ['--warmup-ratio'])[0])!r})")
+    todo = [(p, s) for s in args.seeds for p in args.perturbations if not (p == "pinned" and s in from_runs)]
     for start in range(0, len(todo), args.jobs):
         started = [(p, s, *run_one(args.name, p, s, recipe, args)) for p, s in todo[start:start + args.jobs]]
         for perturbation, seed, process, folder in started:

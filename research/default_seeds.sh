@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The default loop's 3-seed table: per seed, `python loop.py` (its time and printed table), then the
-# divergence-nll variant and every model on dev as well (finished stages are reused), then online RL, RFT
-# and Best-of-4 from the same SFT model; the results files go to results/default (research/pages.py --collect), from which
-# research/pages.py writes the tables of README.md and docs/results.md. About 2 hours on 2 CPU cores.
+# divergence-nll variant and every model on dev as well (finished stages are reused); then, from the same SFT
+# models, online RL, Best-of-4 and RFT; then seed 0's online RL at lr 1e-4 and at twice the iterations. The
+# results files go to results/default (research/pages.py --collect), from which research/pages.py writes the
+# tables of README.md and docs/results.md. About 75 minutes alone on 2 CPU cores.
 #   bash research/default_seeds.sh [SEEDS]        # default: 0 1 2; seed 0 runs in runs/default
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,16 +15,19 @@ for s in $seeds; do
   python loop.py --run $run --seed $s --variants divergence-nll --eval-splits dev,test_seen,test_unseen > $run.all.log 2>&1
   runs+=($run)
 done
+seed_of() { python -c "import json; print(json.load(open('$1/loop_args.json'))['seed'])"; }
 for run in "${runs[@]}"; do
-  seed=$(python -c "import json; print(json.load(open('$run/loop_args.json'))['seed'])")
-  python online_rl.py --run $run --seed $seed --eval-splits dev,test_seen,test_unseen > $run.rl.log 2>&1
+  python online_rl.py --run $run --seed $(seed_of $run) --eval-splits dev,test_seen,test_unseen > $run.rl.log 2>&1
+  # Best-of-4 from the same SFT model (the paper's Best-of-N row: an oracle over samples, no training)
+  python research/experiments.py --run $run --seed $(seed_of $run) --methods sft,bon > $run.bon.log 2>&1
+done
+for run in "${runs[@]}"; do
   # RFT from the same SFT model (its results.jsonl and report replace the loop's; pages.py --collect
   # rebuilds every row from the evaluations)
-  python research/experiments.py --run $run --seed $seed --methods sft,rft --eval-splits dev,test_seen,test_unseen \
+  python research/experiments.py --run $run --seed $(seed_of $run) --methods sft,rft --eval-splits dev,test_seen,test_unseen \
     > $run.rft.log 2>&1
-  # Best-of-4 from the same SFT model (the paper's Best-of-N row: an oracle over samples, no training)
-  python research/experiments.py --run $run --seed $seed --methods sft,bon > $run.bon.log 2>&1
 done
+python research/pages.py --collect results/default "${runs[@]}"
 # seed 0 only: online RL at lr 1e-4, and at twice the iterations (a copy of the 25-iteration run, resumed)
 python online_rl.py --run runs/default --out runs/default/rl-lr1e-4 --lr 1e-4 --eval-splits dev,test_seen,test_unseen \
   > runs/default.rl-lr1e-4.log 2>&1

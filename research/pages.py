@@ -385,6 +385,69 @@ def kernels_table(folder="results/kernels"):
     return "\n".join(lines)
 
 
+def arithmetic_rows(name, folder="results/arithmetic"):
+    """(settings, rows) of research/arithmetic.py's NAME.jsonl."""
+    lines = [json.loads(line) for line in open(os.path.join(HERE, folder, f"{name}.jsonl"))]
+    return lines[0]["settings"], lines[1:]
+
+
+def spreads(rows, key="dev_reward"):
+    """(spread over seeds, spread over perturbations): the population std across seeds within each perturbation, averaged
+    over perturbations; the std across perturbations within each seed, averaged over seeds."""
+    perturbations = list(dict.fromkeys(r["perturbation"] for r in rows))
+    seeds = sorted({r["seed"] for r in rows})
+    over_seeds = [statistics.pstdev([r[key] for r in rows if r["perturbation"] == p]) for p in perturbations]
+    over_perturbations = [statistics.pstdev([r[key] for r in rows if r["seed"] == s]) for s in seeds]
+    return statistics.mean(over_seeds), statistics.mean(over_perturbations)
+
+
+def arithmetic_table(name):
+    """SFT's dev reward (train loss) per perturbation and seed, with the mean and std over seeds."""
+    _, rows = arithmetic_rows(name)
+    seeds = sorted({r["seed"] for r in rows})
+    letters = {}
+    for r in rows:
+        letters.setdefault(r["weights_sha1"], str(len(letters) + 1))
+    lines = ["| arithmetic | " + " | ".join(f"seed {s}: dev reward (train loss)" for s in seeds)
+             + " | mean ± std over seeds |", "|---|" + "---|" * (len(seeds) + 1)]
+    for perturbation in dict.fromkeys(r["perturbation"] for r in rows):
+        got = {r["seed"]: r for r in rows if r["perturbation"] == perturbation}
+        cells = [f"{got[s]['dev_reward']:.1f} ({got[s]['train_loss']:.3f})" for s in seeds]
+        lines.append(f"| {perturbation} | " + " | ".join(cells) + f" | {mean_std([got[s]['dev_reward'] for s in seeds])} |")
+    return "\n".join(lines)
+
+
+def arithmetic_summary(names):
+    """Per recipe: dev reward over every run, its two spreads, its lowest run, how often the first result opened
+    follows the price, and SFT's time."""
+    lines = ["| SFT recipe | dev reward, all runs | spread over seeds | spread over arithmetic | lowest run | "
+             "success | first click within the cap when item 1 is over it | SFT seconds (1 thread) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        settings, rows = arithmetic_rows(name)
+        over_seeds, over_perturbations = spreads(rows)
+        recipe = settings["recipe"]
+        label = (f"{name}: batch {recipe['sft_batch_size']}, lr {recipe['sft_lr']:g}, {recipe['sft_epochs']} epochs"
+                 + (f", warm-up {recipe['sft_warmup_ratio']:g}" if recipe.get("sft_warmup_ratio") else ""))
+        follows = sum(r["first_click_follows_price"] for r in rows)
+        over_cap = sum(r["item_1_over_cap"] for r in rows)
+        pinned = [r["sft_seconds"] for r in rows if r["perturbation"] == "pinned"]
+        lines.append(f"| {label} | {mean_std([r['dev_reward'] for r in rows])} | {over_seeds:.1f} | "
+                     f"{over_perturbations:.1f} | {min(r['dev_reward'] for r in rows):.1f} | "
+                     f"{mean_std([r['dev_success'] for r in rows])}% | {100 * follows / max(over_cap, 1):.0f}% "
+                     f"({follows} of {over_cap}) | {statistics.mean(pinned):.0f} |")
+    return "\n".join(lines)
+
+
+def arithmetic_range(name):
+    """One sentence: SFT's dev reward over every arithmetic setting and seed of NAME's study."""
+    _, rows = arithmetic_rows(name)
+    rewards = [r["dev_reward"] for r in rows]
+    settings = len({r["perturbation"] for r in rows})
+    return (f"SFT's dev reward over {len(rows)} runs ({settings} arithmetic settings × {len({r['seed'] for r in rows})} "
+            f"seeds): {min(rewards):.1f} to {max(rewards):.1f}, mean {mean_std(rewards)}.")
+
+
 def native_table(pinned="results/default", native="results/native", seed=0):
     """`python loop.py` on the pinned AVX2 kernels beside `--native-kernels`, on the same host and seed."""
     rows = {name: seed_rows(folder)[seed] for name, folder in (("pinned", pinned), ("native", native))}
