@@ -177,8 +177,8 @@ def check_arguments(args):
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     # what to run
-    parser.add_argument("--env", default="shop", help=f"one of: {', '.join(sorted(envs.ENVS))} "
-                                                      "(scienceworld:TYPE,TYPE,... for some task types)")
+    parser.add_argument("--env", default="shop", help=f"one of: {', '.join(envs.available())} (envs/), "
+                        "NAME:OPTIONS (e.g. scienceworld:TYPE,TYPE), or a module of yours with make(options)")
     parser.add_argument("--split", default="train", help=f"one of: {', '.join(envs.SPLITS)}")
     parser.add_argument("--limit", type=int, default=None, help="only the first N tasks of the split (None: all)")
     parser.add_argument("--skip", type=int, default=0, help="leave out the first N tasks of the split (before --limit)")

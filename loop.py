@@ -24,6 +24,7 @@ import os
 import time
 from dataclasses import dataclass
 
+import envs
 from common import HelpFormatter, InputError, format_table, run_main, write_json, write_jsonl
 from plumbing.launch import Launch, kernel_settings, launch_words, run_command, run_stage, run_stages
 from plumbing.loop_flags import VARIANTS, add_loop_flags, fill_model_defaults
@@ -192,6 +193,7 @@ def main():
     fill_model_defaults(args)
     if args.iterations < 0:
         raise InputError(f"--iterations must be at least 0, got {args.iterations}")
+    envs.find(args.env)  # a typo stops here, before any stage writes into the run folder
     pin_line = kernel_settings()[0]
     if pin_line:  # the stages run on AVX2 kernels: a user who runs them by hand types this line first
         print(f"$ {pin_line}", flush=True)

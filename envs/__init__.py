@@ -1,6 +1,8 @@
 """Environments behind one small protocol.
 
-Every environment returned by `make(name)` has:
+An environment is a module of this folder (or any module on the Python path) with a function
+`make(options) -> env`; `make("NAME:OPTIONS")` finds the module NAME and calls it (docs/environments.md
+shows a new one in one file). Every environment it returns has:
 
     env.name                      the name it was made with
     env.max_steps                 actions allowed per episode (invalid ones count too); may change at reset
@@ -29,55 +31,40 @@ def parse_action(reply):
     return found[-1].strip() if found and found[-1].strip() else None
 
 
-def _shop(options):
-    """Options, comma-separated: `scan` (the expert's thought names why each result above its choice is
-    passed over), `instruction` (every page repeats the instruction, as WebShop's pages do), `train=N` (N
-    train tasks instead of 1000; the extra ones are drawn after the other splits, which stay the same)."""
-    from envs.shop import SPLIT_SIZES, ShopEnv
-    settings = {"thoughts": "short", "instruction_on_every_page": False, "train_size": SPLIT_SIZES["train"]}
-    for option in filter(None, options.split(",")):
-        key, _, value = option.partition("=")
-        if option == "scan":
-            settings["thoughts"] = "scan"
-        elif option == "instruction":
-            settings["instruction_on_every_page"] = True
-        elif key == "train" and value.isdigit() and int(value) >= SPLIT_SIZES["train"]:
-            settings["train_size"] = int(value)
-        else:
-            raise ValueError(f"unknown shop option {option!r}; valid: scan, instruction, train=N (N >= 1000)")
-    return ShopEnv(**settings)
+def available():
+    """The envs found in this folder: every module here with a `make(options)` function, by file name."""
+    import importlib
+    import pkgutil
+    names = []
+    for module in pkgutil.iter_modules(__path__):
+        if importlib.import_module(f"envs.{module.name}").__dict__.get("make") is not None:
+            names.append(module.name)
+    return sorted(names)
 
 
-def _scienceworld(options):
-    from envs.scienceworld import ScienceWorldEnv
-    return ScienceWorldEnv(task_types=options.split(",") if options else None)
-
-
-def _household(options):
-    """Option `valid`: every observation ends with the env's list of valid actions."""
-    from envs.household import HouseholdEnv
-    if options not in ("", "valid"):
-        raise ValueError(f"unknown household option {options!r}; valid: valid")
-    return HouseholdEnv(list_valid_actions=options == "valid")
-
-
-def _doors(options):
-    from envs.doors import DoorsEnv
-    if options:
-        raise ValueError(f"the doors env has no options, got {options!r}")
-    return DoorsEnv()
-
-
-ENVS = {"shop": _shop, "scienceworld": _scienceworld, "household": _household, "doors": _doors}
+def find(name):
+    """The module that makes the env called `name` ("NAME" or "NAME:OPTIONS"): envs/NAME.py, else a module NAME
+    on the Python path (a fork's own file, e.g. `my_envs.maze`), either with a `make(options)` function. An
+    unknown name is a ValueError listing the valid ones; nothing is built, so a check costs no Java start."""
+    import importlib
+    import importlib.util
+    base = name.partition(":")[0]
+    if base and all(part.isidentifier() for part in base.split(".")):
+        for candidate in (f"envs.{base}", base):
+            try:
+                found = importlib.util.find_spec(candidate)
+            except ModuleNotFoundError:  # a dotted name whose package is missing
+                found = None
+            if found is not None and callable(getattr(importlib.import_module(candidate), "make", None)):
+                return importlib.import_module(candidate)
+    raise ValueError(f"unknown env {name!r}; valid envs: {', '.join(available())}, or a module on the Python path "
+                     f"with make(options) (docs/environments.md)")
 
 
 def make(name):
     """Build the environment called `name` ("NAME" or "NAME:OPTIONS", e.g. "scienceworld:find-animal,find-plant"
-    for a subset of task types); an unknown name is a ValueError listing the valid ones."""
-    base, _, options = name.partition(":")
-    if base not in ENVS:
-        raise ValueError(f"unknown env {name!r}; valid envs: {', '.join(sorted(ENVS))}")
-    return ENVS[base](options)
+    for a subset of task types): its module's make(options), with the text after the colon ('' without one)."""
+    return find(name).make(name.partition(":")[2])
 
 
 def check_split(split):

@@ -31,7 +31,8 @@ class DoorsEnv:
     max_steps = 1
 
     def task_ids(self, split):
-        return [f"{check_split(split)}-{i}" for i in range(SPLIT_SIZES[split])]
+        check_split(split)  # an unknown split is one line naming the valid ones, as in every env
+        return [f"{split}-{i}" for i in range(SPLIT_SIZES[split])]
 
     def reset(self, task_id):
         self.target, doors = task(task_id)
@@ -45,3 +46,10 @@ class DoorsEnv:
     def expert(self, task_id):
         target, _ = task(task_id)
         return [f"Thought: I open the door it names.\nAction: open[{target}]"]
+
+
+def make(options):
+    """`--env doors`: no options."""
+    if options:
+        raise ValueError(f"the doors env has no options, got {options!r}")
+    return DoorsEnv()

@@ -4,8 +4,6 @@ trajectory shown in context (the authors' evaluation prompt). A policy maps (con
 to one (reply, finished) per conversation, as explore.py's rollout calls it."""
 import random
 
-from common import InputError
-
 
 def make_expert_policy(env):
     """A policy that replays the env's expert turns (the turn index is the number of replies so far)."""
@@ -40,12 +38,12 @@ def make_forcing_policy(policy, forced_turns):
 def step_prefixes(expert, task_ids, seed, where="the expert file"):
     """Per task, the expert's first t-1 turns with t drawn uniformly from 2..T (paper App. B: the agent
     acts from step t on; t = 1 is the trajectory level). A task without an expert trajectory is an
-    InputError naming `where`."""
+    ValueError naming `where` (one line from any stage)."""
     rng = random.Random(seed)
     expert_by_task = {record["task_id"]: record for record in expert}
     missing = sorted(set(task_ids) - set(expert_by_task))
     if missing:
-        raise InputError(f"{where}: no expert trajectory for {len(missing)} tasks, e.g. {missing[0]!r}")
+        raise ValueError(f"{where}: no expert trajectory for {len(missing)} tasks, e.g. {missing[0]!r}")
     prefixes = {}
     for task_id in task_ids:
         turns = [m["content"] for m in expert_by_task[task_id]["messages"] if m["role"] == "assistant"]

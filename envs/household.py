@@ -113,3 +113,10 @@ class HouseholdEnv:
             self._load(task_id)  # a millisecond; it ends an episode in progress on this env object
             self.task_id = None
         return [f"Thought: {thought_for(action)}\nAction: {action}" for action in self.gold[task_id]]
+
+
+def make(options):
+    """`--env household[:valid]`. Option `valid`: every observation ends with the env's list of valid actions."""
+    if options not in ("", "valid"):
+        raise ValueError(f"unknown household option {options!r}; valid: valid")
+    return HouseholdEnv(list_valid_actions=options == "valid")

@@ -315,3 +315,8 @@ if __name__ == "__main__":
         raise SystemExit(str(e))
     done = {t for split in args.splits for t in split_task_ids()[split]} & set(rows)
     print(json.dumps({"tasks": len(done), "below_100": sum(rows[t][0] < 1.0 for t in done), "out": args.out}))
+
+
+def make(options):
+    """`--env scienceworld[:TASK_TYPE,...]`: a subset of the task types (all of them without options)."""
+    return ScienceWorldEnv(task_types=options.split(",") if options else None)

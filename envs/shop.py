@@ -340,3 +340,22 @@ class ShopEnv:
         if missing:
             return f"lacks {missing[0]}"
         return f"costs ${product.price:.2f}, over {task.cap:.2f}"
+
+
+def make(options):
+    """`--env shop[:OPTIONS]`. Options, comma-separated: `scan` (the expert's thought names why each result above
+    its choice is passed over), `instruction` (every page repeats the instruction, as WebShop's pages do),
+    `train=N` (N train tasks instead of 1000; the extra ones are drawn after the other splits, which stay the
+    same)."""
+    settings = {"thoughts": "short", "instruction_on_every_page": False, "train_size": SPLIT_SIZES["train"]}
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        if option == "scan":
+            settings["thoughts"] = "scan"
+        elif option == "instruction":
+            settings["instruction_on_every_page"] = True
+        elif key == "train" and value.isdigit() and int(value) >= SPLIT_SIZES["train"]:
+            settings["train_size"] = int(value)
+        else:
+            raise ValueError(f"unknown shop option {option!r}; valid: scan, instruction, train=N (N >= 1000)")
+    return ShopEnv(**settings)

@@ -28,7 +28,8 @@ VARIANTS = {"divergence-nll": {"pair_level": "divergence", "sft_weight": 1.0, "l
 def add_loop_flags(parser):
     """The loop's flags, shared with the research scripts built on it."""
     parser.add_argument("--run", default="runs/default", help="folder for every artifact of this run")
-    parser.add_argument("--env", default="shop", help="shop, scienceworld, household (see envs/)")
+    parser.add_argument("--env", default="shop", help="an env of envs/ (explore.py --help lists them), NAME:OPTIONS, "
+                                                       "or a module of yours with make(options)")
     parser.add_argument("--model", default="tiny", help="'tiny' (built offline) or a HF chat-model folder or .gguf file")
     parser.add_argument("--recipe", default="lecture", choices=tuple(RECIPES),
                         help="the tiny model's settings below, where a flag leaves them unset: lecture (~5 min on 2 "

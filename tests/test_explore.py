@@ -234,7 +234,7 @@ def test_the_in_context_example_comes_between_the_system_message_and_the_task():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--env", "webshop", "--expert"], "unknown env 'webshop'; valid envs: doors, household, scienceworld, shop"),
+    (["--env", "webshop", "--expert"], "unknown env 'webshop'; valid envs: " + ", ".join(envs.available())),
     (["--split", "valid", "--expert"], "unknown split 'valid'; valid splits: train, test_seen, test_unseen, dev"),
     (["--model", "no/such/folder"], "cannot load model 'no/such/folder'"),
     (["--model", "no/such/model.gguf"], "cannot load model 'no/such/model.gguf': no such file"),
