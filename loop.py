@@ -86,7 +86,7 @@ def eto_loop(args, run, seed):
     sft = os.path.join(run, "sft")
     sft_flags = ["--seed", str(seed), "--autocast", args.autocast]
     for flag, value in (("--tiny-layers", args.tiny_layers), ("--epochs", args.sft_epochs), ("--lr", args.sft_lr),
-                        ("--batch-size", args.sft_batch_size)):
+                        ("--batch-size", args.sft_batch_size), ("--warmup-ratio", args.sft_warmup_ratio)):
         if value is not None:  # None: sft.py's default for the model
             sft_flags += [flag, str(value)]
     run_stage("sft.py", sft, "--model", args.model, "--data", expert, *sft_flags)

@@ -211,18 +211,20 @@ def build_parser():
     rollouts.add_argument("--rollout-batch-size", type=int, default=200, help="episodes decoded together")
     rollouts.add_argument("--eval-splits", default=None, type=lambda text: text.split(","),
                           help="splits the trained model runs greedily on (None: the run's)")
-    rollouts.add_argument("--native-kernels", action="store_true", help="the CPU's own kernels, not the AVX2 ones "
-                          "every loop stage is pinned to (plumbing.launch.CPU_KERNELS): faster, other numbers")
+    rollouts.add_argument("--native-kernels", action="store_true", help="the CPU's own kernels and threads, not "
+                          "the AVX2 ones every loop stage is pinned to (plumbing.launch.CPU_KERNELS): other numbers")
     add_system_flags(parser)
     return parser
 
 
 def pin_cpu_kernels(args):
-    """Restart this process on the AVX2 kernels the loop's stages use, unless they are set (or --native-kernels)."""
-    from plumbing.launch import CPU_KERNELS
-    if args.native_kernels or all(os.environ.get(k) == v for k, v in CPU_KERNELS.items()):
+    """Restart this process on the AVX2 kernels and threads the loop's stages use, unless they are set (or
+    --native-kernels)."""
+    from plumbing.launch import CPU_KERNELS, CPU_THREADS
+    pinned = {**CPU_KERNELS, "OMP_NUM_THREADS": str(CPU_THREADS)}
+    if args.native_kernels or all(os.environ.get(k) == v for k, v in pinned.items()):
         return
-    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **CPU_KERNELS})
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **pinned})
 
 
 def fill_from_run(args):

@@ -36,7 +36,7 @@ class Launch:
     procs = 1        # --procs: the torch stages run under torchrun with this many processes
     dry_run = False  # --dry-run: print every command, run none
     jobs = 1         # --jobs: independent stages run this many at a time, the cores shared out
-    native_kernels = False  # --native-kernels: the CPU's own kernels (faster, other numbers), not CPU_KERNELS
+    native_kernels = False  # --native-kernels: the CPU's own kernels on all its cores (other numbers), not CPU_KERNELS
     redo_changed = False    # --redo-changed: a stage made by another command is redone, and every stage after it
     redoing = False         # set once a stage was redone that way
 
@@ -50,9 +50,9 @@ def add_launch_flags(parser):
                         "1 for the full recipe, a loaded model or --procs above 1")
     parser.add_argument("--redo-changed", action="store_true", help="a finished stage whose recorded command differs "
                         "from the one wanted is redone, with every stage after it (otherwise the loop stops there)")
-    parser.add_argument("--native-kernels", action="store_true", help="run the stages on the CPU's own kernels (AVX-512 "
-                        "where it has it: faster, but a seed then trains another model than on an AVX2-only CPU); "
-                        "the default pins them to AVX2 (plumbing.launch.CPU_KERNELS), so every x86-64 CPU prints one table")
+    parser.add_argument("--native-kernels", action="store_true", help="run the stages on the CPU's own kernels and "
+                        "all its cores: another table than the pinned one (plumbing.launch.CPU_KERNELS and CPU_THREADS, "
+                        "which make every AMD x86-64 CPU print one table)")
     parser.add_argument("--dry-run", action="store_true", help="print every stage's command, run none")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 

@@ -3,7 +3,7 @@
 # the lecture model, 2 threads) under each setting, its weights' sha1 per setting, into
 # results/kernels/HOST.txt (sha1, setting, seconds). Run it on hosts of two vendors at the same commit and
 # compare: a setting whose hash is equal on both gives one set of numbers on both. research/pages.py
-# makes docs/performance.md's table from every file there. ~6 min on 2 cores.
+# makes docs/performance.md's table from every file there. ~4 min on 2 cores.
 #   bash research/kernels.sh HOST       # HOST names the CPU, e.g. amd-epyc-avx2 or intel-xeon-avx512
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,9 @@ run all $pinned
 run all+cbwr-avx2 $pinned MKL_CBWR=AVX2
 run all+cbwr-avx2-strict $pinned MKL_CBWR=AVX2,STRICT
 run all+cbwr-compatible $pinned MKL_CBWR=COMPATIBLE
+run all-1-thread $pinned OMP_NUM_THREADS=1
+run all-4-threads $pinned OMP_NUM_THREADS=4
 run aten ATEN_CPU_CAPABILITY=avx2
+run aten-default ATEN_CPU_CAPABILITY=default
 run none
 mv $file.part $file

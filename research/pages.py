@@ -235,8 +235,7 @@ def loop_time(folder, seed=0):
     with open(os.path.join(HERE, folder, f"seed{seed}", "host.json")) as f:
         host = json.load(f)
     return (f"`python loop.py` took **{host['loop_seconds'] / 60:.1f} minutes** ({host['loop_seconds']:.0f} s by the "
-            f"loop's last line, from scratch, alone on 2 cores of an {host['cpu']} host, on the pinned AVX2 kernels, which an "
-            f"AVX2-only CPU runs too: its time is its cores'. Nothing is downloaded.")
+            f"loop's last line, from scratch, alone on 2 cores of an {host['cpu']} host). Nothing is downloaded.")
 
 
 LOOP_STAGES = [("expert.jsonl", "the expert on the train tasks (no model)"), ("sft", "SFT"),
@@ -357,7 +356,9 @@ def behaviour_table(folder, stages, split):
 
 KERNEL_SETS = {"all": "the three pinned variables", "all+cbwr-avx2": "the three + MKL_CBWR=AVX2",
                "all+cbwr-avx2-strict": "the three + MKL_CBWR=AVX2,STRICT",
-               "all+cbwr-compatible": "the three + MKL_CBWR=COMPATIBLE", "aten": "ATEN_CPU_CAPABILITY=avx2 alone",
+               "all+cbwr-compatible": "the three + MKL_CBWR=COMPATIBLE", "all-1-thread": "the three, 1 thread",
+               "all-4-threads": "the three, 4 threads", "aten": "ATEN_CPU_CAPABILITY=avx2 alone",
+               "aten-default": "ATEN_CPU_CAPABILITY=default alone",
                "aten_mkl": "ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS", "aten_onednn": "ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA",
                "mkl_onednn": "MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA", "none": "none (the CPU's own kernels)"}
 
@@ -446,18 +447,6 @@ def arithmetic_range(name):
     settings = len({r["perturbation"] for r in rows})
     return (f"SFT's dev reward over {len(rows)} runs ({settings} arithmetic settings × {len({r['seed'] for r in rows})} "
             f"seeds): {min(rewards):.1f} to {max(rewards):.1f}, mean {mean_std(rewards)}.")
-
-
-def native_table(pinned="results/default", native="results/native", seed=0):
-    """`python loop.py` on the pinned AVX2 kernels beside `--native-kernels`, on the same host and seed."""
-    rows = {name: seed_rows(folder)[seed] for name, folder in (("pinned", pinned), ("native", native))}
-    lines = ["| model | pinned AVX2: test_seen / test_unseen reward | `--native-kernels`: test_seen / test_unseen reward |",
-             "|---|---|---|"]
-    for stage in ("sft", "eto-1", "sft-continued-1"):
-        cells = [" / ".join(f"{value(rows[name], stage, s):.1f}" for s in ("test_seen", "test_unseen"))
-                 for name in ("pinned", "native")]
-        lines.append(f"| {stage} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines)
 
 
 DEFAULT = "results/default"
@@ -628,7 +617,9 @@ TABLES = {
     "default-seed1-printed": lambda: printed_table(DEFAULT, seed=1),
     "default-rl-long": lambda: rl_long_table(DEFAULT),
     "kernels": kernels_table,
-    "native": native_table,
+    "arithmetic-lecture": lambda: arithmetic_table("lecture"),
+    "arithmetic-summary": lambda: arithmetic_summary(["lecture", "lr3e-3-5-epochs"]),
+    "arithmetic-range": lambda: arithmetic_range("lecture"),
     "default-rl-curve": lambda: rl_curve(DEFAULT, "rl-log.jsonl"),
     "default-rl-curve-lr1e-4": lambda: rl_curve(DEFAULT, "rl-lr1e-4-log.jsonl"),
     "default-variant-minus-eto": lambda: differences(DEFAULT, "eto-divergence-nll-1", "eto-1"),

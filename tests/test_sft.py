@@ -224,3 +224,10 @@ def test_trajectories_below_min_reward_are_left_out_and_counted(tmp_path, monkey
     monkeypatch.setattr(sys, "argv", base + ["--out", str(tmp_path / "none"), "--min-reward", "2"])
     with pytest.raises(sft.InputError, match="no trajectory has a reward of at least --min-reward 2.0"):
         sft.main()
+
+
+def test_the_loss_curve_is_the_mean_of_each_stretch_of_steps():
+    from sft import loss_curve
+    assert loss_curve([4.0, 2.0, 1.0, 1.0, 0.5], points=2) == [2.3333, 0.75]  # (4 + 2 + 1) / 3, (1 + 0.5) / 2
+    assert loss_curve([0.3, 0.1], points=10) == [0.3, 0.1]  # fewer steps than points: a point a step
+    assert loss_curve([]) == []
