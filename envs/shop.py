@@ -46,7 +46,8 @@ MAX_STEPS = 10
 RESULTS_PER_PAGE = 5
 MAX_RESULTS = 25
 SPLIT_SIZES = {"train": 1000, "test_seen": 200, "test_unseen": 200, "dev": 200}  # drawn in this order
-THOUGHTS = ("short", "scan")  # the expert's thought on the results page: see ShopEnv.expert
+THOUGHTS = ("short", "scan")
+CUES = ("price", "attribute")  # what makes a result above the right one wrong: see tasks()  # the expert's thought on the results page: see ShopEnv.expert
 HELD_OUT_PAIRS = 4  # attribute pairs per category reserved for test_unseen
 CATALOG_SEED, TASK_SEED = 0, 1
 
@@ -172,9 +173,16 @@ def purchase_reward(task, product, chosen_options):
 
 
 @lru_cache(maxsize=None)
-def tasks(train_size=SPLIT_SIZES["train"]):
+def tasks(train_size=SPLIT_SIZES["train"], cue="price"):
     """All tasks by split: {split: [Task, ...]}, generated once from TASK_SEED. A larger `train_size` draws
-    the extra train tasks after every other split, so the other splits and the first 1000 stay the same."""
+    the extra train tasks after every other split, so the other splits and the first 1000 stay the same.
+
+    `cue` is what separates the right result from the ones above it. "price": the instruction asks for two
+    attributes and the search is for both, so every first-page result has them and a wrong one is wrong by
+    its price over the cap. "attribute": the instruction asks for three attributes, the search is for the
+    first two, and every first-page result is within the cap, so a wrong one is wrong by a word: its title
+    lacks the third attribute, which the right result's title carries (a match a model can make by copying).
+    The split rules (held-out pairs, seen combinations) hold for the searched pair."""
     rng = random.Random(TASK_SEED)
     products = catalog()
     held_out, kept = {}, {}
@@ -192,13 +200,17 @@ def tasks(train_size=SPLIT_SIZES["train"]):
             category = rng.choice(sorted(CATEGORIES))
             article, _, option_values, (low, high) = CATEGORIES[category]
             attributes = tuple(rng.sample(rng.choice(pair_pool[category]), 2))
+            query = " ".join(attributes) + " " + category  # the searched pair
+            if cue == "attribute":
+                attributes += (rng.choice([a for a in CATEGORIES[category][1] if a not in attributes]),)
             options = tuple((kind, rng.choice(values)) for kind, values in option_values.items())
             cap = float(rng.randrange(low + 10, high + 1, 10) if high - low > 10 else high)
             key = (category, tuple(sorted(attributes)), options, cap)
-            query = " ".join(attributes) + " " + category
             first_page = [products[pid] for pid in search(query)[:RESULTS_PER_PAGE]]
             target = next((p for p in first_page if satisfies(p, Task("", category, attributes, options, cap, "", "", ""))), None)
-            if split in ("test_seen", "dev") and (category, frozenset(attributes)) not in train_combinations:
+            if cue == "attribute" and any(p.price > cap for p in first_page):
+                continue  # the price must not separate any two results: the cue is the word alone
+            if split in ("test_seen", "dev") and (category, frozenset(attributes[:2])) not in train_combinations:
                 continue  # test_seen and dev ask only for combinations that train has
             if key in seen_keys or target is None:
                 continue  # a duplicate, or the first page holds no right answer: draw again
@@ -210,7 +222,7 @@ def tasks(train_size=SPLIT_SIZES["train"]):
                                     instruction, query, target.id))
         by_split[split] = split_tasks
         if split == "train" and "test_seen" not in by_split:
-            train_combinations = {(t.category, frozenset(t.attributes)) for t in split_tasks}
+            train_combinations = {(t.category, frozenset(t.attributes[:2])) for t in split_tasks}
     return by_split
 
 
@@ -219,14 +231,15 @@ class ShopEnv:
     max_steps = MAX_STEPS
     system_prompt = SYSTEM_PROMPT
 
-    def __init__(self, thoughts="short", instruction_on_every_page=False, train_size=SPLIT_SIZES["train"]):
+    def __init__(self, thoughts="short", instruction_on_every_page=False, train_size=SPLIT_SIZES["train"], cue="price"):
         self.thoughts, self.instruction_on_every_page, self.train_size = thoughts, instruction_on_every_page, train_size
+        self.cue = cue
         self.products = catalog()
-        self.tasks = {task.id: task for split_tasks in tasks(train_size).values() for task in split_tasks}
+        self.tasks = {task.id: task for split_tasks in tasks(train_size, cue).values() for task in split_tasks}
         self.task = None
 
     def task_ids(self, split):
-        return [task.id for task in tasks(self.train_size)[check_split(split)]]
+        return [task.id for task in tasks(self.train_size, self.cue)[check_split(split)]]
 
     def reset(self, task_id):
         if task_id not in self.tasks:
@@ -325,7 +338,8 @@ class ShopEnv:
                               for k, pid in enumerate(ranked[:rank - 1], 1)) + (" " if rank > 1 else "")
         turns = [f"Thought: I need {' '.join(task.attributes)} {task.category} under {task.cap:.2f} dollars. "
                  f"I will search for it.\nAction: search[{task.query}]",
-                 f"Thought: I need {wanted} under {task.cap:.2f} dollars; {checks}item {rank} has both and costs "
+                 f"Thought: I need {wanted} under {task.cap:.2f} dollars; {checks}item {rank} has "
+                 f"{'both' if len(task.attributes) == 2 else 'all three'} and costs "
                  f"${self.products[task.target].price:.2f}.\nAction: click[item {rank}]"]
         for kind, value in task.options:
             turns.append(f"Thought: I need {kind} {value}.\nAction: click[{value}]")
@@ -346,8 +360,10 @@ def make(options):
     """`--env shop[:OPTIONS]`. Options, comma-separated: `scan` (the expert's thought names why each result above
     its choice is passed over), `instruction` (every page repeats the instruction, as WebShop's pages do),
     `train=N` (N train tasks instead of 1000; the extra ones are drawn after the other splits, which stay the
-    same)."""
-    settings = {"thoughts": "short", "instruction_on_every_page": False, "train_size": SPLIT_SIZES["train"]}
+    same), `cue=price` (the default) or `cue=attribute`: what makes a result above the right one wrong (its
+    price over the cap, or a requested attribute its title lacks; see `tasks`)."""
+    settings = {"thoughts": "short", "instruction_on_every_page": False, "train_size": SPLIT_SIZES["train"],
+                "cue": "price"}
     for option in filter(None, options.split(",")):
         key, _, value = option.partition("=")
         if option == "scan":
@@ -356,6 +372,9 @@ def make(options):
             settings["instruction_on_every_page"] = True
         elif key == "train" and value.isdigit() and int(value) >= SPLIT_SIZES["train"]:
             settings["train_size"] = int(value)
+        elif key == "cue" and value in CUES:
+            settings["cue"] = value
         else:
-            raise ValueError(f"unknown shop option {option!r}; valid: scan, instruction, train=N (N >= 1000)")
+            raise ValueError(f"unknown shop option {option!r}; valid: scan, instruction, train=N (N >= 1000), "
+                             f"cue={'|'.join(CUES)}")
     return ShopEnv(**settings)

@@ -143,3 +143,39 @@ def test_every_product_page_offers_its_categorys_option_values():
                 assert f"[{value}]" in page
                 observation, _, done = ENV.step(f"click[{value}]")
                 assert not observation.startswith(envs.INVALID) and not done
+
+
+def test_the_attribute_cue_separates_results_by_a_word_alone():
+    """shop:cue=attribute: the same splits' sizes and the expert at 1.0; above the right result every result is
+    of the category, carries the searched pair and is within the cap, and lacks the third attribute the
+    instruction names, which the right result's title carries."""
+    from envs.shop import CATEGORIES, RESULTS_PER_PAGE, SPLIT_SIZES, catalog, search
+    env, products = envs.make("shop:cue=attribute"), catalog()
+    item_1_wrong = 0
+    for split, size in SPLIT_SIZES.items():
+        ids = env.task_ids(split)
+        assert len(ids) == size
+        for task_id in ids:
+            task = env.tasks[task_id]
+            pair, third = task.attributes[:2], task.attributes[2]
+            assert task.query == " ".join(pair) + " " + task.category and third in CATEGORIES[task.category][1]
+            assert f"{' '.join(task.attributes)} {task.category}" in task.instruction
+            first_page = search(task.query)[:RESULTS_PER_PAGE]
+            rank = first_page.index(task.target)
+            assert third in products[task.target].title
+            for pid in first_page:  # the price separates none of them
+                assert products[pid].price <= task.cap and set(pair) <= set(products[pid].attributes)
+            for pid in first_page[:rank]:
+                assert products[pid].category == task.category and third not in products[pid].attributes
+            item_1_wrong += rank > 0
+    assert 0 < item_1_wrong < sum(SPLIT_SIZES.values())
+    for task_id in env.task_ids("dev")[:50] + env.task_ids("test_unseen")[:50]:
+        env.reset(task_id)
+        for turn in env.expert(task_id):
+            observation, reward, done = env.step(turn.split("Action: ")[1])
+        assert done and reward == 1.0
+    train_pairs = {(t.category, frozenset(t.attributes[:2])) for t in (env.tasks[i] for i in env.task_ids("train"))}
+    assert not any((env.tasks[i].category, frozenset(env.tasks[i].attributes[:2])) in train_pairs
+                   for i in env.task_ids("test_unseen"))  # the searched pair is held out, as in the price shop
+    with pytest.raises(ValueError, match=re.escape("cue=price|attribute")):
+        envs.make("shop:cue=colour")
