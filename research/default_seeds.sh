@@ -11,7 +11,8 @@ seeds=${*:-0 1 2}
 runs=()
 for s in $seeds; do
   run=runs/seed$s; [ "$s" = 0 ] && run=runs/default
-  python loop.py --run $run --seed $s > $run.loop.log 2>&1
+  # the plain loop, timed from scratch (a finished one is kept: its log holds the time the pages quote)
+  grep -q '"stage": "loop"' $run.loop.log 2>/dev/null || python loop.py --run $run --seed $s > $run.loop.log 2>&1
   python loop.py --run $run --seed $s --variants divergence-nll --eval-splits dev,test_seen,test_unseen > $run.all.log 2>&1
   runs+=($run)
 done
