@@ -399,7 +399,7 @@ def spreads(rows, key="dev_reward"):
     seeds = sorted({r["seed"] for r in rows})
     over_seeds = [statistics.pstdev([r[key] for r in rows if r["perturbation"] == p]) for p in perturbations]
     over_perturbations = [statistics.pstdev([r[key] for r in rows if r["seed"] == s]) for s in seeds]
-    return statistics.mean(over_seeds), statistics.mean(over_perturbations)
+    return statistics.mean(over_seeds), statistics.mean(over_perturbations)  # a single seed's spread is 0
 
 
 def arithmetic_table(name):
@@ -419,24 +419,24 @@ def arithmetic_table(name):
 
 
 def arithmetic_summary(names):
-    """Per recipe: dev reward over every run, its two spreads, its lowest run, how often the first result opened
-    follows the price, and SFT's time."""
-    lines = ["| SFT recipe | dev reward, all runs | spread over seeds | spread over arithmetic | lowest run | "
-             "success | first click within the cap when item 1 is over it | SFT seconds (1 thread) |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Per SFT recipe: dev reward over every run, its two spreads (where it has 2 seeds or more), its lowest
+    run, success, and how often the first result opened follows the price."""
+    lines = ["| SFT recipe | runs | dev reward, all runs | spread over seeds | spread over arithmetic | lowest run | "
+             "success | first click within the cap when item 1 is over it |", "|---|---|---|---|---|---|---|---|"]
     for name in names:
         settings, rows = arithmetic_rows(name)
-        over_seeds, over_perturbations = spreads(rows)
         recipe = settings["recipe"]
-        label = (f"{name}: batch {recipe['sft_batch_size']}, lr {recipe['sft_lr']:g}, {recipe['sft_epochs']} epochs"
-                 + (f", warm-up {recipe['sft_warmup_ratio']:g}" if recipe.get("sft_warmup_ratio") else ""))
-        follows = sum(r["first_click_follows_price"] for r in rows)
-        over_cap = sum(r["item_1_over_cap"] for r in rows)
-        pinned = [r["sft_seconds"] for r in rows if r["perturbation"] == "pinned"]
-        lines.append(f"| {label} | {mean_std([r['dev_reward'] for r in rows])} | {over_seeds:.1f} | "
+        label = (f"{recipe['sft_epochs']} epochs of batch {recipe['sft_batch_size']}, lr {recipe['sft_lr']:g}, warm-up "
+                 f"{recipe.get('sft_warmup_ratio') or 0.03:g}" + (" (the lecture recipe)" if name == "lecture" else ""))
+        seeds, perturbations = {r["seed"] for r in rows}, {r["perturbation"] for r in rows}
+        over_seeds, over_perturbations = spreads(rows)
+        follows, over_cap = sum(r["first_click_follows_price"] for r in rows), sum(r["item_1_over_cap"] for r in rows)
+        lines.append(f"| {label} | {len(perturbations)} settings × {len(seeds)} seed{'s' if len(seeds) > 1 else ''} | "
+                     f"{mean_std([r['dev_reward'] for r in rows])} | "
+                     f"{f'{over_seeds:.1f}' if len(seeds) > 1 else '–'} | "
                      f"{over_perturbations:.1f} | {min(r['dev_reward'] for r in rows):.1f} | "
                      f"{mean_std([r['dev_success'] for r in rows])}% | {100 * follows / max(over_cap, 1):.0f}% "
-                     f"({follows} of {over_cap}) | {statistics.mean(pinned):.0f} |")
+                     f"({follows} of {over_cap}) |")
     return "\n".join(lines)
 
 
@@ -618,7 +618,7 @@ TABLES = {
     "default-rl-long": lambda: rl_long_table(DEFAULT),
     "kernels": kernels_table,
     "arithmetic-lecture": lambda: arithmetic_table("lecture"),
-    "arithmetic-summary": lambda: arithmetic_summary(["lecture", "lr3e-3-5-epochs"]),
+    "arithmetic-summary": lambda: arithmetic_summary(["lecture", "lr3e-3-5-epochs", "lr3e-3-7-epochs"]),
     "arithmetic-range": lambda: arithmetic_range("lecture"),
     "default-rl-curve": lambda: rl_curve(DEFAULT, "rl-log.jsonl"),
     "default-rl-curve-lr1e-4": lambda: rl_curve(DEFAULT, "rl-lr1e-4-log.jsonl"),
