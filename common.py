@@ -213,10 +213,11 @@ def write_jsonl(path, records):
 
 
 def stage_record(args, **fields):
-    """What a stage writes beside its output: its flags, its command line (loop.py compares it on a rerun)
-    and the CPU kernel settings it ran under, then `fields` (the summary, a history)."""
+    """What a stage writes beside its output: its flags, its command line (loop.py compares it on a rerun),
+    the CPU kernel settings and the threads it ran under, then `fields` (the summary, a history)."""
     return {"args": vars(args), "command": sys.argv[1:],
-            "cpu_kernels": {name: os.environ.get(name) for name in CPU_KERNELS}, **fields}
+            "cpu_kernels": {name: os.environ.get(name) for name in CPU_KERNELS}, "threads": torch.get_num_threads(),
+            **fields}
 
 
 def write_json(path, obj):

@@ -2,7 +2,7 @@
 under other correct floating-point kernels (the order of a sum's terms, FMA or not), beside the spread over
 seeds. A recipe people teach from gives nearly the same model under each; one on a cliff does not.
 
-    python research/arithmetic.py                                     # the lecture recipe, 4 perturbations x 3 seeds
+    python research/arithmetic.py                                     # the lecture recipe, 3 settings x 3 seeds
     python research/arithmetic.py --name lr1e-3 --set sft_lr=1e-3     # a candidate recipe, chosen on dev
     python research/arithmetic.py --seeds 0 --perturbations pinned --eval-limit 50   # a quick look
 
@@ -10,8 +10,9 @@ Each (perturbation, seed) runs `sft.py` with the recipe's SFT flags and evaluate
 dev, both under the perturbation's environment variables; a row per run goes to results/arithmetic/NAME.jsonl
 (the weights' sha1, SFT's train/dev loss, loss curve and largest gradient norm, dev reward and success, and
 how often the first result opened follows the price). research/pages.py makes docs/performance.md's table
-from those files. Runs go --jobs at a time (each on the threads its perturbation names); ~35 minutes for
-4 x 3 on 2 cores. A finished run is reused.
+from those files. Runs go --jobs at a time (each on the threads its perturbation names); MKL's COMPATIBLE
+branch takes about 2.5 times the pinned kernels' time, so 3 x 3 take about 70 minutes on 2 cores. A
+finished run is reused; --pinned-from takes the pinned row from the loop's own runs.
 """
 import argparse
 import hashlib
@@ -113,8 +114,9 @@ def main():
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help=f"a setting changed from the lecture recipe ({', '.join(SETTABLE)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of each perturbation")
-    parser.add_argument("--perturbations", nargs="+", default=list(PERTURBATIONS), choices=tuple(PERTURBATIONS),
-                        help="arithmetic settings, each its own environment variables (PERTURBATIONS)")
+    parser.add_argument("--perturbations", nargs="+", default=["pinned", "aten-default", "mkl-compatible"],
+                        choices=tuple(PERTURBATIONS), help="arithmetic settings, each its own environment variables "
+                        "(PERTURBATIONS; mkl-compatible-2-threads differs from mkl-compatible only in MKL's split)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--pinned-from", nargs="+", default=[], metavar="RUN",
                         help="loop.py runs (with dev evaluated) whose SFT is the pinned row of their seed: the same "

@@ -426,7 +426,8 @@ def arithmetic_summary(names):
     for name in names:
         settings, rows = arithmetic_rows(name)
         recipe = settings["recipe"]
-        label = (f"{recipe['sft_epochs']} epochs of batch {recipe['sft_batch_size']}, lr {recipe['sft_lr']:g}, warm-up "
+        lr = f"{recipe['sft_lr']:.0e}".replace("e-0", "e-")  # 3e-3, as the flags are written
+        label = (f"{recipe['sft_epochs']} epochs of batch {recipe['sft_batch_size']}, lr {lr}, warm-up "
                  f"{recipe.get('sft_warmup_ratio') or 0.03:g}" + (" (the lecture recipe)" if name == "lecture" else ""))
         seeds, perturbations = {r["seed"] for r in rows}, {r["perturbation"] for r in rows}
         over_seeds, over_perturbations = spreads(rows)

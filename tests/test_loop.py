@@ -65,6 +65,11 @@ def test_loop_runs_and_resume_skips_finished_stages(tmp_path):
                            text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "AttributeError" not in first.stderr and "$ wait" in first.stdout  # stages ran side by side
+    from plumbing.launch import CPU_KERNELS, CPU_THREADS
+    sft_record = json.loads((run / "sft" / "args.json").read_text())
+    beside = json.loads((run / "eval" / "sft.test_seen.jsonl.args.json").read_text())
+    assert sft_record["cpu_kernels"] == CPU_KERNELS == beside["cpu_kernels"]  # every stage on the pinned kernels
+    assert (sft_record["threads"], beside["threads"]) == (CPU_THREADS, CPU_THREADS // 2)  # alone, side by side
     assert "$ python explore.py" in first.stdout and "[done]" not in first.stdout
     rows = read_rows(run)
     assert {(r["stage"], r["split"]) for r in rows} == {(s, split) for s in ("sft", "eto-1", "sft-continued-1")
