@@ -441,6 +441,20 @@ def arithmetic_summary(names):
     return "\n".join(lines)
 
 
+def arithmetic_curves(names, seed=0):
+    """SFT's training loss at the end of each epoch (the last tenth of its steps), per recipe and arithmetic
+    setting, for one seed: where two runs of one recipe part."""
+    lines = ["| SFT recipe | arithmetic | training loss at the end of each epoch | dev reward |", "|---|---|---|---|"]
+    for name in names:
+        settings, rows = arithmetic_rows(name)
+        recipe = settings["recipe"]
+        for row in (r for r in rows if r["seed"] == seed):
+            curve = " → ".join(f"{epoch[-1]:.3f}" for epoch in row["loss_curve"] if epoch)
+            lines.append(f"| {recipe['sft_epochs']} epochs, lr {recipe['sft_lr']:.0e} | {row['perturbation']} | "
+                         f"{curve} | {row['dev_reward']:.1f} |".replace("e-03", "e-3"))
+    return "\n".join(lines)
+
+
 def arithmetic_range(name):
     """One sentence: SFT's dev reward over every arithmetic setting and seed of NAME's study."""
     _, rows = arithmetic_rows(name)
@@ -621,6 +635,7 @@ TABLES = {
     "arithmetic-lecture": lambda: arithmetic_table("lecture"),
     "arithmetic-summary": lambda: arithmetic_summary(["lecture", "lr3e-3-5-epochs", "lr3e-3-7-epochs"]),
     "arithmetic-range": lambda: arithmetic_range("lecture"),
+    "arithmetic-curves": lambda: arithmetic_curves(["lr3e-3-5-epochs", "lecture"]),
     "default-rl-curve": lambda: rl_curve(DEFAULT, "rl-log.jsonl"),
     "default-rl-curve-lr1e-4": lambda: rl_curve(DEFAULT, "rl-lr1e-4-log.jsonl"),
     "default-variant-minus-eto": lambda: differences(DEFAULT, "eto-divergence-nll-1", "eto-1"),
