@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The default loop's 3-seed table: per seed, `python loop.py` (its time and printed table), then the
 # divergence-nll variant and every model on dev as well (finished stages are reused); then, from the same SFT
-# models, online RL, Best-of-4 and RFT; then seed 0's online RL at lr 1e-4 and at twice the iterations. The
-# results files go to results/default (research/pages.py --collect), from which research/pages.py writes the
-# tables of README.md and docs/results.md. About 75 minutes alone on 2 CPU cores.
+# models, online RL, Best-of-4 and RFT. The results files go to results/default (research/pages.py
+# --collect), from which research/pages.py writes the tables of README.md and docs/results.md. About 70
+# minutes alone on 2 CPU cores.
 #   bash research/default_seeds.sh [SEEDS]        # default: 0 1 2; seed 0 runs in runs/default
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,13 +28,5 @@ for run in "${runs[@]}"; do
   python research/experiments.py --run $run --seed $(seed_of $run) --methods sft,rft --eval-splits dev,test_seen,test_unseen \
     > $run.rft.log 2>&1
 done
-python research/pages.py --collect results/default "${runs[@]}"
-# seed 0 only: online RL at lr 1e-4, and at twice the iterations (a copy of the 25-iteration run, resumed)
-python online_rl.py --run runs/default --out runs/default/rl-lr1e-4 --lr 1e-4 --eval-splits dev,test_seen,test_unseen \
-  > runs/default.rl-lr1e-4.log 2>&1
-mkdir -p runs/default/rl-long
-cp -r runs/default/rl/model runs/default/rl/optimizer-25.pt runs/default/rl/log.jsonl runs/default/rl-long/
-python online_rl.py --run runs/default --out runs/default/rl-long --iterations 50 --eval-splits dev,test_seen,test_unseen \
-  > runs/default.rl-long.log 2>&1
 python research/pages.py --collect results/default "${runs[@]}"
 python research/pages.py

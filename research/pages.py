@@ -148,25 +148,6 @@ def seed_rows(folder):
     return by_seed
 
 
-def rl_long_table(folder, seed=0):
-    """Online RL at two budgets on one seed, beside SFT: the reward and success per split, episodes and seconds."""
-    seed_folder = os.path.join(HERE, folder, f"seed{seed}")
-    rows = read_jsonl(os.path.join(seed_folder, "results.jsonl"), ("stage",))
-    lines = ["| model (seed 0) | episodes | seconds | " + " | ".join(f"{s} reward / success" for s in SPLIT_ORDER) + " |",
-             "|---|---|---|" + "---|" * len(SPLIT_ORDER)]
-    for name, results, log in (("SFT", None, None), ("online RL (lr 3e-5)", "rl-results.jsonl", "rl-log.jsonl"),
-                               ("online RL, resumed to twice the iterations", "rl-long-results.jsonl", "rl-long-log.jsonl"),
-                               ("online RL at lr 1e-4", "rl-lr1e-4-results.jsonl", "rl-lr1e-4-log.jsonl")):
-        got = rows if results is None else read_jsonl(os.path.join(seed_folder, results), ("stage",))
-        stage = "sft" if results is None else "online-rl"
-        lines_log = [] if log is None else read_jsonl(os.path.join(seed_folder, log), ("iteration",))
-        cells = [f"{value(got, stage, s):.1f} / {value(got, stage, s, 'success_rate'):.1f}" for s in SPLIT_ORDER]
-        episodes = str(sum(line["episodes"] for line in lines_log)) if lines_log else "–"
-        seconds = f"{sum(line['seconds'] for line in lines_log):.0f}" if lines_log else "–"
-        lines.append(f"| {name} | {episodes} | {seconds} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def value(rows, stage, split, key="avg_reward"):
     found = [row[key] for row in rows if row["stage"] == stage and row["split"] == split]
     return found[0] if found else None
@@ -176,6 +157,11 @@ def mean_std(values):
     return f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
 
 
+def ran(by_seed, stages):
+    """The stages that some seed's results hold (a method not run is left out of a table, not shown empty)."""
+    return [stage for stage in stages if any(row["stage"] == stage for rows in by_seed.values() for row in rows)]
+
+
 def seeds_table(folder, stages):
     """Mean ± std over seeds of reward (and success) per split, then each seed's reward."""
     by_seed = seed_rows(folder)
@@ -183,7 +169,7 @@ def seeds_table(folder, stages):
     head = "| model | " + " | ".join(f"{s} reward | {s} success" for s in splits) + " | " + \
         " | ".join(f"{s} reward, seeds {', '.join(map(str, by_seed))}" for s in splits) + " |"
     lines = [head, "|" + "---|" * (1 + 3 * len(splits))]
-    for stage in stages:
+    for stage in ran(by_seed, stages):
         cells = []
         for split in splits:
             for key in ("avg_reward", "success_rate"):
@@ -200,7 +186,7 @@ def short_seeds_table(folder, stages):
     """Reward per split, mean ± std over seeds: the README's table."""
     by_seed = seed_rows(folder)
     lines = ["| method | " + " | ".join(f"{s} reward" for s in SPLIT_ORDER) + " |", "|---|" + "---|" * len(SPLIT_ORDER)]
-    for stage in stages:
+    for stage in ran(by_seed, stages):
         cells = []
         for split in SPLIT_ORDER:
             got = [value(rows, stage, split) for rows in by_seed.values()]
@@ -339,7 +325,7 @@ def behaviour_table(folder, stages, split):
                 rows.setdefault(row["stage"], []).append(row)
     lines = [f"| model ({split}, mean over {len(seeds)} seeds) | opens item 1 first | opens item 2 first | "
              "buys the expert's result | invalid actions |", "|---|---|---|---|---|"]
-    for stage in stages:
+    for stage in [stage for stage in stages if stage in rows]:
         got = rows.get(stage, [])
         if len(got) != len(seeds):
             continue
@@ -630,14 +616,12 @@ TABLES = {
     "dev-sweep": lambda: sweep_table("results/dev-sweep"),
     "default-behaviour-unseen": lambda: behaviour_table(DEFAULT, TRAINED, "test_unseen"),
     "default-seed1-printed": lambda: printed_table(DEFAULT, seed=1),
-    "default-rl-long": lambda: rl_long_table(DEFAULT),
     "kernels": kernels_table,
     "arithmetic-lecture": lambda: arithmetic_table("lecture"),
     "arithmetic-summary": lambda: arithmetic_summary(["lecture", "lr3e-3-5-epochs", "lr3e-3-7-epochs"]),
     "arithmetic-range": lambda: arithmetic_range("lecture"),
     "arithmetic-curves": lambda: arithmetic_curves(["lr3e-3-5-epochs", "lecture"]),
     "default-rl-curve": lambda: rl_curve(DEFAULT, "rl-log.jsonl"),
-    "default-rl-curve-lr1e-4": lambda: rl_curve(DEFAULT, "rl-lr1e-4-log.jsonl"),
     "default-variant-minus-eto": lambda: differences(DEFAULT, "eto-divergence-nll-1", "eto-1"),
     "smol-paper-lr": lambda: smol_table(SMOL),
     "smol-paper-lr-seed1": lambda: smol_table(SMOL + "-seed1"),
