@@ -427,6 +427,17 @@ def arithmetic_summary(names):
     return "\n".join(lines)
 
 
+def arithmetic_verdict(name):
+    """One sentence: the recipe's spread over arithmetic against its spread over seeds, whichever way it falls."""
+    _, rows = arithmetic_rows(name)
+    over_seeds, over_arithmetic = spreads(rows)
+    relation = "no larger than" if over_arithmetic <= over_seeds else "larger than"
+    rewards = [r["dev_reward"] for r in rows]
+    return (f"Over {len({r['perturbation'] for r in rows})} arithmetic settings × {len({r['seed'] for r in rows})} "
+            f"seeds, the lecture recipe's spread over arithmetic ({over_arithmetic:.1f}) is {relation} its spread "
+            f"over seeds ({over_seeds:.1f}); its dev reward runs from {min(rewards):.1f} to {max(rewards):.1f}.")
+
+
 def arithmetic_curves(names, seed=0):
     """SFT's training loss at the end of each epoch (the last tenth of its steps), per recipe and arithmetic
     setting, for one seed: where two runs of one recipe part."""
@@ -620,6 +631,7 @@ TABLES = {
     "arithmetic-lecture": lambda: arithmetic_table("lecture"),
     "arithmetic-summary": lambda: arithmetic_summary(["lecture", "lr3e-3-5-epochs", "lr3e-3-7-epochs"]),
     "arithmetic-range": lambda: arithmetic_range("lecture"),
+    "arithmetic-verdict": lambda: arithmetic_verdict("lecture"),
     "arithmetic-curves": lambda: arithmetic_curves(["lr3e-3-5-epochs", "lecture"]),
     "default-rl-curve": lambda: rl_curve(DEFAULT, "rl-log.jsonl"),
     "default-variant-minus-eto": lambda: differences(DEFAULT, "eto-divergence-nll-1", "eto-1"),
