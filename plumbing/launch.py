@@ -77,7 +77,7 @@ def kernel_settings():
 
 def threads_of(group_size):
     """OMP_NUM_THREADS for each of `group_size` stages run side by side (None: the stage's default): pinned,
-    CPU_THREADS shared out; with --native-kernels, this machine's cores shared out."""
+    CPU_THREADS shared out; with --native-kernels, the available cores shared out."""
     if not Launch.native_kernels:
         return str(max(1, CPU_THREADS // group_size))
     return str(max(1, available_cores() // group_size)) if group_size > 1 else None
