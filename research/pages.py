@@ -39,11 +39,14 @@ SPLIT_ORDER = ("dev", "test_seen", "test_unseen")
 
 # ---- collecting a run's small files ---------------------------------------------------------------
 def cpu_kind():
-    """'AMD EPYC, AVX-512' or similar, from /proc/cpuinfo (Linux); 'unknown' elsewhere."""
-    try:
-        info = open("/proc/cpuinfo").read()
-    except OSError:
-        return "unknown"
+    """'AMD EPYC, AVX-512' or similar: the CPU's name and vector width from the Linux CPU table where there is
+    one; elsewhere (macOS, Windows) the name `platform` gives."""
+    import platform
+    cpu_table = "/proc/cpuinfo"  # Linux only
+    if not os.path.exists(cpu_table):
+        return platform.processor() or platform.machine() or "unknown"
+    with open(cpu_table) as f:
+        info = f.read()
     model = re.search(r"model name\s*:\s*(.*)", info)
     isa = "AVX-512" if "avx512f" in info else "AVX2" if "avx2" in info else "no AVX2"
     return f"{model.group(1).strip() if model else 'unknown'}, {isa}"
