@@ -66,7 +66,7 @@ def group_advantages(rewards, group_size, normalize_std=False):
     if not REFERENCE:
         from exercises.student import group_advantages as student
         return student(rewards, group_size, normalize_std)
-    import online_rl
+    from research import online_rl
     return online_rl.group_advantages(rewards, group_size, normalize_std)
 
 
@@ -74,5 +74,5 @@ def clipped_surrogate(logps, old_logps, advantages, mask, clip):
     if not REFERENCE:
         from exercises.student import clipped_surrogate as student
         return student(logps, old_logps, advantages, mask, clip)
-    import online_rl
+    from research import online_rl
     return online_rl.clipped_surrogate(logps, old_logps, advantages, mask, clip)[0]

@@ -18,7 +18,7 @@ for s in $seeds; do
 done
 seed_of() { python -c "import json; print(json.load(open('$1/loop_args.json'))['seed'])"; }
 for run in "${runs[@]}"; do
-  python online_rl.py --run $run --seed $(seed_of $run) --eval-splits dev,test_seen,test_unseen > $run.rl.log 2>&1
+  python research/online_rl.py --run $run --seed $(seed_of $run) --eval-splits dev,test_seen,test_unseen > $run.rl.log 2>&1
   # Best-of-4 from the same SFT model (the paper's Best-of-N row: an oracle over samples, no training)
   python research/experiments.py --run $run --seed $(seed_of $run) --methods sft,bon > $run.bon.log 2>&1
 done

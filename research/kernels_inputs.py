@@ -20,6 +20,8 @@ def main():
     if len(sys.argv) != 2:
         raise ValueError("usage: python research/kernels_inputs.py EXPERT.jsonl")
     path, seed = sys.argv[1], 0
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file (make it with explore.py --expert, as the docstring shows)")
     with open(path, "rb") as f:
         print(f"expert.jsonl  {hashlib.sha1(f.read()).hexdigest()}")
     set_seed(seed)  # as sft.py: the seed, then the tokenizer, then the model

@@ -33,7 +33,7 @@ from common import InputError, format_table, read_jsonl, run_main, write_jsonl  
 PAGES = ("README.md", "docs/*.md", "exercises/*.md", "research/README.md")
 NAMES = {"sft": "SFT", "eto-1": "ETO", "sft-continued-1": "control: NLL on ETO's chosen side",
          "eto-divergence-nll-1": "divergence pairs + NLL (`--variants divergence-nll`)",
-         "online-rl": "online RL (`online_rl.py`)", "best-of-4": "Best-of-4 (the best of 4 samples by the env's reward)", "online-rl-long": "online RL, 4000 episodes", "rft": "RFT (`research/experiments.py --methods rft`)", "eto-2": "ETO, iteration 2", "sft-continued-2": "control, iteration 2"}
+         "online-rl": "online RL (`research/online_rl.py`)", "best-of-4": "Best-of-4 (the best of 4 samples by the env's reward)", "online-rl-long": "online RL, 4000 episodes", "rft": "RFT (`research/experiments.py --methods rft`)", "eto-2": "ETO, iteration 2", "sft-continued-2": "control, iteration 2"}
 SPLIT_ORDER = ("dev", "test_seen", "test_unseen")
 
 

@@ -13,7 +13,7 @@ import torch
 
 import envs
 from common import sequence_logps, tokenize_conversation
-from online_rl import (clipped_surrogate, group_advantages, masked_mean, rl_iteration, step_advantages,
+from research.online_rl import (clipped_surrogate, group_advantages, masked_mean, rl_iteration, step_advantages,
                        tokenize_episode)
 from sft import build_tiny_model, build_tiny_tokenizer
 from tests.conftest import ROOT
@@ -149,20 +149,20 @@ def test_the_same_seed_gives_the_same_run(one_thread):
 
 
 def test_online_rl_refuses_bad_counts_and_a_missing_run_in_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "online_rl.py", "--run", str(tmp_path / "none")], cwd=ROOT,
+    done = subprocess.run([sys.executable, "research/online_rl.py", "--run", str(tmp_path / "none")], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"{tmp_path / 'none'}/sft not found: run `python loop.py --run {tmp_path / 'none'}` first" in done.stderr
     (tmp_path / "r" / "sft").mkdir(parents=True)
     (tmp_path / "r" / "sft" / "args.json").write_text(json.dumps({}))
-    done = subprocess.run([sys.executable, "online_rl.py", "--run", str(tmp_path / "r"), "--group-size", "0"],
+    done = subprocess.run([sys.executable, "research/online_rl.py", "--run", str(tmp_path / "r"), "--group-size", "0"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--group-size must be at least 1, got 0" in done.stderr
 
 
-@pytest.mark.slow  # three runs of online_rl.py, each with its evaluation: ~45 s on 2 cores
+@pytest.mark.slow  # three runs of research/online_rl.py, each with its evaluation: ~45 s on 2 cores
 def test_a_killed_run_resumes_to_the_weights_of_one_never_killed(tmp_path, one_thread):
-    """online_rl.py from a run's SFT model (door_policy's, on the doors env): 2 iterations, then 3 from there,
+    """research/online_rl.py from a run's SFT model (door_policy's, on the doors env): 2 iterations, then 3 from there,
     give the log and weights of 3 in one go; the table prints beside the run's own rows."""
     model, tokenizer, _ = door_policy()
     run = tmp_path / "run"
@@ -175,7 +175,7 @@ def test_a_killed_run_resumes_to_the_weights_of_one_never_killed(tmp_path, one_t
              "--eval-splits", "dev", "--lr", "2e-3"]
 
     def online_rl(out, iterations):
-        done = subprocess.run([sys.executable, "online_rl.py", *flags, "--out", str(tmp_path / out), "--iterations",
+        done = subprocess.run([sys.executable, "research/online_rl.py", *flags, "--out", str(tmp_path / out), "--iterations",
                                str(iterations)], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         return done

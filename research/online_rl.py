@@ -1,8 +1,8 @@
 """Online RL from the agent's own episodes, beside ETO: PPO's clipped surrogate with a group baseline.
 
     python loop.py --run runs/default                                  # SFT, ETO and its control
-    python online_rl.py --run runs/default                             # from RUN/sft into RUN/rl, then its table
-    python online_rl.py --run runs/default --out runs/default/rl-step --step-credit   # GiGPO's step groups
+    python research/online_rl.py --run runs/default                             # from RUN/sft into RUN/rl, then its table
+    python research/online_rl.py --run runs/default --out runs/default/rl-step --step-credit   # GiGPO's step groups
 
 The paper's PPO row (Table 2) trains on the env's reward, on-policy; this is that algorithm in the form
 common in LLM-agent RL (GRPO, Shao et al. 2024): no value model, a group of G episodes per task, each
@@ -33,7 +33,9 @@ import sys
 import time
 from collections import defaultdict
 
-import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the stages, one folder up
+
+import torch  # noqa: E402
 from tqdm import tqdm
 
 import envs
