@@ -1,4 +1,4 @@
-"""What every stage shares: one-line errors, flags, JSONL in and out, atomic saves, model loading, and
+"""What every stage shares: the settings (the paper's and the tiny model's recipes), one-line errors, flags, JSONL in and out, atomic saves, model loading, and
 the per-turn loss mask with the log-probs it selects (SFT trains on them, DPO compares them). Several
 processes and the fast decode are in plumbing/."""
 import argparse
@@ -15,6 +15,28 @@ import torch
 
 from plumbing.launch import CPU_KERNELS  # recorded by stage_record
 from plumbing.ranks import finish as finish_ranks
+
+
+# ---- the settings: each defined once, here -------------------------------------------------------
+# The paper's ETO (Song et al. 2024, and the authors' scripts) for a 7B chat model: its pair rule
+# (the explored side cut to the expert's turns + 5), Eq. 11 alone at beta 0.1, DPO lr 1e-6, 3 epochs of
+# batch 32, every train task explored once, greedily. dpo.py's defaults and loop.py's for a loaded model.
+PAPER = {"pair_level": "trajectory", "beta": 0.1, "sft_weight": 0.0, "dpo_lr": 1e-6, "dpo_epochs": 3,
+         "dpo_batch_size": 32, "explore_limit": 0, "jobs": 1}
+# The tiny model's recipes: the paper's algorithm above, with what a 1M-parameter model trained from scratch
+# needs, chosen on the shop's dev split (docs/results.md): SFT's layers, epochs, batch, lr and warm-up (chosen
+# for a model that lands in nearly the same place under other correct arithmetic: docs/performance.md), DPO's
+# lr, epochs and batch, and how many train tasks are explored. "lecture", the default (~5 minutes on 2 cores),
+# and "full" (4 layers, 10 SFT epochs, every train task, ~3x as long).
+RECIPES = {
+    "lecture": {**PAPER, "tiny_layers": 2, "sft_epochs": 6, "sft_batch_size": 4, "sft_lr": 5e-3,
+                "sft_warmup_ratio": 0.1, "explore_limit": 500, "dpo_lr": 3e-5, "dpo_epochs": 1, "dpo_batch_size": 8,
+                "rollout_batch_size": 200, "jobs": 2},
+    "full": {**PAPER, "tiny_layers": 4, "sft_epochs": 10, "sft_batch_size": 16, "sft_lr": 3e-3,
+             "sft_warmup_ratio": None, "dpo_lr": 3e-5, "dpo_epochs": 2, "rollout_batch_size": 200},
+}
+GRAD_CLIP = 1.0  # max gradient norm per optimizer step in SFT, DPO and online RL: the authors' (and HF Trainer's)
+EVAL_SPLITS = ("dev", "test_seen", "test_unseen")  # evaluated: choose settings on dev, report the tests
 
 
 # ---- the loss mask and the log-probs it selects: what SFT trains on and DPO compares -------------

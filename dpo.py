@@ -25,15 +25,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (HelpFormatter, InputError, add_memory_flags, add_system_flags, autocast, check_batch_sizes,
+from common import (GRAD_CLIP, PAPER, HelpFormatter, InputError, add_memory_flags, add_system_flags, autocast, check_batch_sizes,
                     check_pair, checkpoint_activations, cut_to_length, load_model, micro_batches, read_jsonl, run_main,
                     save_trained, sequence_logps, set_seed, stop_if_diverged, tokenize_conversation)
-from dpo_variants import VARIANTS, conservative_dpo_loss, dpop_loss
 from plumbing.ranks import Ranks
 
 
-GRAD_CLIP = 1.0  # max gradient norm per step, the authors' (and HF Trainer's) default
-LOSSES = ("sigmoid", *VARIANTS)  # sigmoid: the paper's Eq. 11; the others: dpo_variants.py
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected",
            "nll/chosen")
 
@@ -76,62 +73,56 @@ def reference_logps(model, examples, device, average, batch_size=16, precision="
 
 @dataclass
 class Objective:
-    """What one pair's loss is: the preference term of `dpo_loss`, plus `sft_weight` x NLL on the chosen side."""
-    beta: float = 0.1
-    loss: str = "sigmoid"
+    """What one pair's loss is: dpo_weight x `preference_loss` (Eq. 11, `dpo_loss`, unless a study passes
+    another with the same signature: research/preference_losses.py), plus sft_weight x NLL on the chosen side."""
+    beta: float = PAPER["beta"]
     dpo_weight: float = 1.0
     sft_weight: float = 0.0
     average_logps: bool = False  # mean instead of sum of token log-probs (the paper sums)
-    label_smoothing: float = 0.0
-    dpop_lambda: float = 5.0
+    preference_loss: object = dpo_loss
 
-    def preference_losses(self, policy_chosen, policy_rejected, reference_chosen, reference_rejected):
-        """(losses, chosen rewards, rejected rewards): Eq. 11, unless a variant of dpo_variants.py is asked for."""
-        logps = (policy_chosen, policy_rejected, reference_chosen, reference_rejected)
-        if self.loss == "sigmoid" and self.label_smoothing:
-            return conservative_dpo_loss(*logps, self.beta, self.label_smoothing)
-        if self.loss == "sigmoid":
-            return dpo_loss(*logps, self.beta)
-        if self.loss == "dpop":
-            return dpop_loss(*logps, self.beta, self.dpop_lambda)
-        return VARIANTS[self.loss](*logps, self.beta)
 
-    def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise InputError(f"unknown loss {self.loss!r}; valid losses: {', '.join(LOSSES)}")
-        if self.label_smoothing and self.loss != "sigmoid":
-            raise InputError(f"--label-smoothing is conservative DPO's (sigmoid); --loss {self.loss} has none")
+class StepMetrics:
+    """The step's metrics, named as TRL names them: each pass adds its share, `total` sums over processes."""
+
+    def __init__(self, step_size):
+        self.step_size, self.sums = step_size, dict.fromkeys(METRICS, 0.0)
+
+    def add(self, loss, nll, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps):
+        self.sums["loss"] += loss.item()
+        share = len(nll) / self.step_size  # this pass's part of the step's means
+        for name, value in (("nll/chosen", nll),
+                            ("rewards/chosen", chosen_rewards), ("rewards/rejected", rejected_rewards),
+                            ("rewards/accuracies", (chosen_rewards > rejected_rewards).float()),
+                            ("logps/chosen", chosen_logps), ("logps/rejected", rejected_logps)):
+            self.sums[name] += value.mean().item() * share
+
+    def total(self, ranks):
+        metrics = {name: ranks.sum(value) for name, value in self.sums.items()}  # alone: as they are
+        metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+        return metrics
 
 
 def accumulate_step(model, examples, step_indices, reference, objective, ranks, split, precision="none"):
     """Forward and backward over one optimizer step's pairs; the gradient is that of the mean loss over the
     step's pairs, however `ranks.passes` splits them into forward passes (and, under torchrun, over
-    processes). Returns the step's metrics, named as TRL names them."""
+    processes). Returns the step's metrics."""
     ref_chosen, ref_rejected = reference
-    device, metrics = ranks.device, dict.fromkeys(METRICS, 0.0)
+    device, metrics = ranks.device, StepMetrics(len(step_indices))
     for micro in ranks.passes(model, step_indices, split):
         batch = [examples[i] for i in micro]
         with autocast(device, precision):
             chosen_logps, counts = sequence_logps(model, [(e[0], e[1]) for e in batch], device, objective.average_logps)
             with torch.set_grad_enabled(objective.dpo_weight != 0):  # the NLL-only control just watches this side
                 rejected_logps, _ = sequence_logps(model, [(e[2], e[3]) for e in batch], device, objective.average_logps)
-        losses, chosen_rewards, rejected_rewards = objective.preference_losses(
-            chosen_logps, rejected_logps, ref_chosen[micro], ref_rejected[micro])
+        losses, chosen_rewards, rejected_rewards = objective.preference_loss(  # dpo_loss: Eq. 11
+            chosen_logps, rejected_logps, ref_chosen[micro], ref_rejected[micro], objective.beta)
         nll = -(chosen_logps if objective.average_logps else chosen_logps / counts)  # per agent token of chosen
         loss = (objective.dpo_weight * losses + objective.sft_weight * nll).sum() / len(step_indices)
         ranks.backward(loss)  # alone: loss.backward()
-        if not ranks.counting:  # a pass run only to keep in step with the other processes
-            continue
-        metrics["loss"] += loss.item()
-        share = len(batch) / len(step_indices)  # this pass's part of the step's means
-        for name, value in (("nll/chosen", nll),
-                            ("rewards/chosen", chosen_rewards), ("rewards/rejected", rejected_rewards),
-                            ("rewards/accuracies", (chosen_rewards > rejected_rewards).float()),
-                            ("logps/chosen", chosen_logps), ("logps/rejected", rejected_logps)):
-            metrics[name] += value.mean().item() * share
-    metrics = {name: ranks.sum(value) for name, value in metrics.items()}  # alone: as they are
-    metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
-    return metrics
+        if ranks.counting:  # not a pass run only to keep in step with the other processes
+            metrics.add(loss, nll, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps)
+    return metrics.total(ranks)
 
 
 def replay_step(model, replayed, indices, replay_weight, split, device, precision="none"):
@@ -154,25 +145,20 @@ def build_parser():
     parser.add_argument("--model", required=True, help="the starting policy, also the frozen reference")
     parser.add_argument("--pairs", required=True, help="pairs JSONL: prompt, chosen, rejected (from pairs.py)")
     parser.add_argument("--out", required=True, help="output folder (save_pretrained format)")
-    parser.add_argument("--beta", type=float, default=0.1, help="the KL weight of Eq. 11 (authors' script: 0.5 from "
+    parser.add_argument("--beta", type=float, default=PAPER["beta"], help="the KL weight of Eq. 11 (authors' script: 0.5 from "
                                                                 "iteration 2)")
-    parser.add_argument("--lr", type=float, default=1e-6, help="peak learning rate (AdamW)")
-    parser.add_argument("--epochs", type=int, default=3, help="passes over the pairs")
-    parser.add_argument("--batch-size", type=int, default=32, help="pairs per optimizer step")
+    parser.add_argument("--lr", type=float, default=PAPER["dpo_lr"], help="peak learning rate (AdamW)")
+    parser.add_argument("--epochs", type=int, default=PAPER["dpo_epochs"], help="passes over the pairs")
+    parser.add_argument("--batch-size", type=int, default=PAPER["dpo_batch_size"], help="pairs per optimizer step")
     parser.add_argument("--warmup-ratio", type=float, default=0.1, help="share of the steps with a linear warmup, "
                                                                         "then constant, as the authors' script")
     parser.add_argument("--max-length", type=int, default=1024, help="tokens per sequence; longer ones are cut")
     beyond = parser.add_argument_group("beyond the paper (the paper: --dpo-weight 1, --sft-weight 0, summed "
-                                       "log-probs, --loss sigmoid)")
+                                       "log-probs; other losses: research/preference_losses.py)")
     beyond.add_argument("--sft-weight", type=float, default=0.0, help="NLL per agent token of the chosen side, added "
                         "to the loss; with --dpo-weight 0 it is the control (no preference signal)")
     beyond.add_argument("--dpo-weight", type=float, default=1.0, help="scale of the preference term")
     beyond.add_argument("--average-logps", action="store_true", help="mean instead of sum of token log-probs")
-    beyond.add_argument("--loss", default="sigmoid", choices=LOSSES, help="sigmoid (DPO, the paper's), ipo, hinge "
-                                                                          "(SLiC) or dpop (DPO-Positive)")
-    beyond.add_argument("--dpop-lambda", type=float, default=5.0, help="dpop: weight of the chosen side's drop below "
-                                                                       "the reference")
-    beyond.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO's e (sigmoid only)")
     beyond.add_argument("--replay", help="expert trajectories JSONL: each step also trains NLL on a batch of them "
                                          "(cycled), so the expert's whole distribution is kept, not only the chosen turns")
     beyond.add_argument("--replay-weight", type=float, default=1.0, help="scale of the replay NLL (per token)")
@@ -181,11 +167,12 @@ def build_parser():
     return parser
 
 
-def main():
-    args = build_parser().parse_args()
+def main(preference_loss=dpo_loss, parser=None):
+    """Train on the pairs. A study of another loss passes it (the same four tensors and beta in, the same
+    three tensors out) and its parser, dpo.py's with its own flags added: research/preference_losses.py."""
+    args = (parser or build_parser()).parse_args()
     check_batch_sizes(args.batch_size, args.micro_batch_size)
-    objective = Objective(args.beta, args.loss, args.dpo_weight, args.sft_weight, args.average_logps,
-                          args.label_smoothing, args.dpop_lambda)  # checks --loss and --label-smoothing
+    objective = Objective(args.beta, args.dpo_weight, args.sft_weight, args.average_logps, preference_loss)
 
     started = time.time()
     ranks = Ranks.start(args.device, args.fsdp)  # under torchrun: a share of every step per rank

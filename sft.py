@@ -28,7 +28,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import (HelpFormatter, InputError, add_memory_flags, add_system_flags, autocast, check_batch_sizes,
+from common import (GRAD_CLIP, HelpFormatter, InputError, add_memory_flags, add_system_flags, autocast, check_batch_sizes,
                     check_trajectory, checkpoint_activations, cut_to_length, load_model, micro_batches, read_jsonl,
                     run_main, save_trained, sequence_logps, set_seed, stop_if_diverged, tokenize_conversation)
 from plumbing.ranks import Ranks
@@ -37,7 +37,6 @@ from plumbing.ranks import Ranks
 # one is wrecked by them (measured: SmolLM2-135M at lr 3e-3 gave 0 reward; the paper: 1e-5, 3 epochs)
 FROM_SCRATCH = {"lr": 3e-3, "epochs": 10, "token_budget": 0}
 PRETRAINED = {"lr": 1e-5, "epochs": 3, "token_budget": 4096}  # 135M at 16 x ~600 tokens: 21 GB
-GRAD_CLIP = 1.0  # max gradient norm per step, the authors' (and HF Trainer's) default
 TINY_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

@@ -32,7 +32,7 @@ from envs import INVALID, check_split, templated_thought
 GAME_PARAMS = "numLocations=1,numItemsToPutAway=2,includeDoors=0,limitInventorySize=0"
 MAX_STEPS = 40
 MAX_INVALID = 5
-SPLITS = {"train": ("train", 0, 720), "dev": ("train", 720, 140), "test_seen": ("train", 860, 140),
+SPLIT_RANGES = {"train": ("train", 0, 720), "dev": ("train", 720, 140), "test_seen": ("train", 860, 140),
           "test_unseen": ("test", 0, 140)}  # split -> (TextWorldExpress fold, first seed index, count)
 SYSTEM_PROMPT = ("You are tidying a house. Put every object that is out of place where it belongs. Reply "
                  "'Thought: ...' then 'Action: ...'. Actions: look around, inventory, take OBJ, open OBJ, "
@@ -79,7 +79,7 @@ class HouseholdEnv:
         return f"{observation}\nValid actions: {', '.join(sorted(info['validActions']))}"
 
     def task_ids(self, split):
-        fold, first, count = SPLITS[check_split(split)]
+        fold, first, count = SPLIT_RANGES[check_split(split)]
         seeds = self.env.getValidSeedsTrain() if fold == "train" else self.env.getValidSeedsTest()
         return [f"{fold}-{seed}" for seed in seeds[first:first + count]]
 

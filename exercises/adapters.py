@@ -33,8 +33,8 @@ def ipo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejecte
     if not REFERENCE:
         from exercises.student import ipo_loss as student
         return student(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)
-    import dpo_variants
-    return dpo_variants.ipo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)[0]
+    from research.preference_losses import ipo_loss
+    return ipo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)[0]
 
 
 def pair_with_expert(explored, expert):

@@ -1,7 +1,5 @@
-"""The model's side of a rollout, around explore.py's decode loops: chat template in, reply text out
-(`ChatPolicy`), the sampling rule (`next_tokens`), and the fast decode behind `--decode cached`
-(`KVCacheDecoder`): the same tokens as explore.py's `plain_decode` (tests/test_explore.py holds the
-trajectories equal), 2-3x faster on a rollout.
+"""The fast decode behind explore.py's `--decode cached` (`KVCacheDecoder`): the same tokens as explore.py's
+`plain_decode` (tests/test_explore.py holds the trajectories equal), 2-3x faster on a rollout.
 
 `plain_decode` feeds every conversation whole for every new token. Here each token is fed once: the
 attention keys and values of what was already fed stay in a KV cache, within a reply and from one turn
@@ -18,74 +16,6 @@ import inspect
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
-
-
-
-def next_tokens(logits, temperature=0.0, top_p=1.0):
-    """The next token of each row: argmax, or a sample drawn as transformers' `generate` draws it:
-    temperature, the 50 likeliest tokens (its default top-k), then top-p (tested token for token)."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    kth_best = logits.topk(min(50, logits.shape[-1]), -1).values[:, -1:]
-    logits = logits.masked_fill(logits < kth_best, float("-inf"))
-    if top_p < 1:  # drop the least likely tokens whose total probability is at most 1 - top_p
-        ascending, order = logits.sort(-1)
-        drop = ascending.softmax(-1).cumsum(-1) <= 1 - top_p
-        drop[:, -1] = False
-        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1).squeeze(1)
-
-
-def end_of_turn_token(tokenizer):
-    """The special token the chat template puts after an assistant turn (<|im_end|>, <|eot_id|>, </s>...)."""
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "MARK"}],
-                                          tokenize=False)
-    after = rendered[rendered.rindex("MARK") + 4:].lstrip()
-    for token in sorted(tokenizer.all_special_tokens, key=len, reverse=True):
-        if token and after.startswith(token):
-            return token
-    return tokenizer.eos_token
-
-
-def stop_ids(tokenizer):
-    """The token ids a reply stops at: the chat template's end-of-turn token, and eos."""
-    return sorted({tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)), tokenizer.eos_token_id})
-
-
-class ChatPolicy:
-    """policy(conversations, task_ids) -> one (reply, finished) per conversation, or None for one that no
-    longer fits the model's context: each conversation rendered with the chat template, its new tokens
-    from `decode(prompts)` (plain_decode or KVCacheDecoder), decoded back to text. `finished`: the reply
-    stopped at its end of turn, not at max_new_tokens."""
-
-    def __init__(self, model, tokenizer, decode, max_new_tokens, stops, seed=0):
-        self.model, self.tokenizer, self.decode = model, tokenizer, decode
-        self.max_new_tokens, self.stops = max_new_tokens, stops
-        self.context = getattr(model.config, "max_position_embeddings", None) or 10 ** 9
-        self.seed, self.calls = seed, 0  # each call's sampling seed derives from (seed, call)
-        self.stats = getattr(decode, "stats", {})  # the cache's rows started afresh or continued, tokens fed
-
-    def __call__(self, conversations, task_ids=None):
-        tokenizer = self.tokenizer
-        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-        all_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-        fits = [len(ids) + self.max_new_tokens <= self.context for ids in all_ids]
-        prompts = [ids for ids, ok in zip(all_ids, fits) if ok]
-        if not prompts:
-            return [None] * len(conversations)
-        torch.manual_seed(self.seed * 100003 + self.calls)  # a sampled run replays exactly from its seed
-        self.calls += 1
-        self.model.eval()
-        replies, out = iter(self.decode(prompts)), []
-        for ok in fits:
-            if not ok:
-                out.append(None)
-                continue
-            tokens = next(replies)
-            reply = tokenizer.decode(tokens, skip_special_tokens=True).split("\nObservation:")[0].strip()
-            out.append((reply, any(t in self.stops for t in tokens)))
-        return out
 
 
 class GrowingLayer(DynamicLayer):

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import HelpFormatter, read_jsonl, run_main  # noqa: E402
 from plumbing.launch import CPU_KERNELS, flag_values  # noqa: E402
 from research.pages import cpu_kind  # noqa: E402
-from plumbing.loop_flags import RECIPES  # noqa: E402
+from common import RECIPES  # noqa: E402
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PINNED = dict(CPU_KERNELS)
@@ -37,7 +37,10 @@ PERTURBATIONS = {
     "aten-default": {**PINNED, "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"},  # ATen without vectors
     "mkl-compatible": {**PINNED, "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1"},   # MKL's SSE2-level code path
     "mkl-compatible-2-threads": {**PINNED, "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "2"},  # split over 2 threads
+    "micro-batch-1": {**PINNED, "OMP_NUM_THREADS": "1"},  # the pinned kernels; each step summed one sequence at a time
 }
+# sft.py flags a perturbation adds: the same gradient in exact arithmetic, summed in another order and padding
+SFT_FLAGS = {"micro-batch-1": ["--micro-batch-size", "1"]}
 SETTABLE = ("tiny_layers", "sft_epochs", "sft_batch_size", "sft_lr", "sft_warmup_ratio")
 
 
@@ -74,7 +77,7 @@ def run_one(name, perturbation, seed, recipe, args):
     env = {**os.environ, **PERTURBATIONS[perturbation]}
     limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
     sft = [sys.executable, os.path.join(HERE, "sft.py"), "--data", args.expert, *sft_flags(recipe, seed),
-           "--out", os.path.join(folder, "sft")]
+           *SFT_FLAGS.get(perturbation, []), "--out", os.path.join(folder, "sft")]
     dev = [sys.executable, os.path.join(HERE, "explore.py"), "--env", "shop", "--split", "dev", "--model",
            os.path.join(folder, "sft"), "--seed", str(seed), "--batch-size", "200", *limit, "--out",
            os.path.join(folder, "dev.jsonl")]
@@ -116,7 +119,8 @@ def main():
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of each perturbation")
     parser.add_argument("--perturbations", nargs="+", default=["pinned", "aten-default", "mkl-compatible"],
                         choices=tuple(PERTURBATIONS), help="arithmetic settings, each its own environment variables "
-                        "(PERTURBATIONS; mkl-compatible-2-threads differs from mkl-compatible only in MKL's split)")
+                        "(PERTURBATIONS; mkl-compatible-2-threads differs from mkl-compatible only in MKL's split; "
+                        "micro-batch-1 sums each step's gradient one sequence at a time)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--pinned-from", nargs="+", default=[], metavar="RUN",
                         help="loop.py runs (with dev evaluated) whose SFT is the pinned row of their seed: the same "

@@ -34,7 +34,7 @@ from common import (InputError, autocast, load_model, micro_batches, pad_batch, 
                     sequence_logps, tokenize_conversation, write_json)
 from dpo import Objective, accumulate_step, reference_logps, tokenize_pair
 from explore import make_generate_policy, rollout
-from plumbing.decode import end_of_turn_token
+from explore import end_of_turn_token
 from plumbing.ranks import Ranks
 from sft import length_batches, masked_nll
 

@@ -17,7 +17,7 @@ and these methods beside ETO:
   then ETO with each task's best sample against its worst (`pairs.py --within`), beside its control
   (NLL on the same best samples, the same steps; `--no-control` leaves it out).
 With --seeds, each seed runs in RUN/seedS. RUN/results.jsonl holds every row, RUN/results.md the mean +-
-std over seeds; report.py writes RUN/results.png (avg reward per training round per method) and
+std over seeds; research/report.py writes RUN/results.png (avg reward per training round per method) and
 RUN/report.html.
 """
 import argparse
@@ -30,9 +30,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the stages live one folder up
 from common import InputError, read_jsonl, run_main, write_json, write_jsonl
 from envs import parse_action
-from loop import dpo_flags, eto_loop, evaluate, explored_tasks, limit_flags, rollout_flags, run_command, run_stage
-from plumbing.loop_flags import add_loop_flags, fill_model_defaults
-from report import mean_std_table
+from loop import (add_loop_flags, dpo_flags, eto_loop, evaluate, explored_tasks, fill_model_defaults, limit_flags,
+                  rollout_flags, run_command, run_stage)
+from research.report import mean_std_table
 
 METHODS = ("sft", "eto", "bon", "rft", "failure-sft", "self-play")
 
@@ -227,7 +227,7 @@ def main():
         f.write(table)
     os.replace(os.path.join(args.run, "results.md.tmp"), os.path.join(args.run, "results.md"))
     print(table)
-    run_command("report.py", "--run", args.run)  # RUN/results.png and RUN/report.html
+    run_command("research/report.py", "--run", args.run)  # RUN/results.png and RUN/report.html
     print(json.dumps({"stage": "experiments", "run": args.run, "results": results,
                       "seconds": round(time.time() - started, 1)}))
 

@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import check_trajectory, read_jsonl, run_main, set_seed  # noqa: E402
 from sft import build_tiny_model, build_tiny_tokenizer  # noqa: E402
-from plumbing.loop_flags import RECIPES  # noqa: E402
+from common import RECIPES  # noqa: E402
 
 
 def main():

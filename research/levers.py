@@ -31,8 +31,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the stages live one folder up
 from common import InputError, read_jsonl, run_main, write_json, write_jsonl
 from loop import limit_flags, run_stage
-from plumbing.loop_flags import RECIPES, VARIANTS
-from report import behaviour, item_pair_counts
+from common import RECIPES
+from loop import VARIANTS
+from research.report import behaviour, item_pair_counts
 
 # lever -> (exploration, pair level, DPO flags over divergence pairs + NLL's settings[, flags its control gets too])
 LEVERS = {
@@ -105,12 +106,13 @@ def lever_rows(args, seed_run, seed, lever, iteration=1):
     else:
         source = ["--expert", expert, "--level", level]
     summary = run_stage("pairs.py", pairs, "--explored", explored, *source)
-    # every lever departs from divergence pairs + NLL (VARIANTS in plumbing/loop_flags.py), at the full recipe's DPO epochs
+    # every lever departs from divergence pairs + NLL (VARIANTS in loop.py), at the full recipe's DPO epochs
     variant = VARIANTS["divergence-nll"]
     base = ["--lr", str(variant["lr"]), "--beta", str(variant["beta"]), "--epochs", str(RECIPES["full"]["dpo_epochs"]),
             "--sft-weight", str(variant["sft_weight"]), "--seed", str(seed)]
     model = os.path.join(seed_run, "levers", name)
-    run_stage("dpo.py", model, "--model", policy, "--pairs", pairs, *base, *flags, *shared)
+    trainer = "research/preference_losses.py" if "--loss" in flags else "dpo.py"  # another loss: dpo.py's loop, its loss
+    run_stage(trainer, model, "--model", policy, "--pairs", pairs, *base, *flags, *shared)
     # the control: the same chosen turns, the same steps, NLL only
     control = os.path.join(seed_run, "levers", control_name)
     run_stage("dpo.py", control, "--model", control_from, "--pairs", pairs, *base, *shared, "--dpo-weight", "0",

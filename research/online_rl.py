@@ -39,12 +39,10 @@ import torch  # noqa: E402
 from tqdm import tqdm
 
 import envs
-from common import (HelpFormatter, InputError, add_system_flags, format_table, load_model, pad_batch, read_jsonl, run_main,
+from common import (GRAD_CLIP, HelpFormatter, InputError, add_system_flags, format_table, load_model, pad_batch, read_jsonl, run_main,
                     save_model_atomically, set_seed, stage_record, token_logps, tokenize_conversation, write_jsonl)
 from explore import make_generate_policy, rollout
 from plumbing.launch import run_stage
-
-GRAD_CLIP = 1.0  # max gradient norm per step, as sft.py and dpo.py
 
 
 # ---- the algorithm: advantages and the clipped surrogate --------------------------------------------

@@ -5,7 +5,7 @@
     python research/pages.py --check    # exit 1, naming the table, where a page differs from its data
 
 `--collect DEST RUN...` copies each run's small files into DEST/seedS/ (no models, no trajectories):
-every evaluation's result row (results.jsonl, as report.py rebuilds it: the loop's models and any
+every evaluation's result row (results.jsonl, as research/report.py rebuilds it: the loop's models and any
 other method run into the same folder, such as RFT), rl/results.jsonl and rl/log.jsonl where online RL
 ran, loop_args.json, every stage's summary with its command (summaries.jsonl), what each model does
 (behaviour.jsonl) and the CPU it ran on. A page holds a table as
@@ -69,7 +69,7 @@ def collect(dest, runs):
             seed = json.load(f)["seed"]
         folder = os.path.join(dest, f"seed{seed}")
         os.makedirs(folder, exist_ok=True)
-        from report import rows_from_evaluations
+        from research.report import rows_from_evaluations
         write_jsonl(os.path.join(folder, "results.jsonl"), rows_from_evaluations(run))  # every model evaluated
         for name in ("loop_args.json", "rl/results.jsonl", "rl/log.jsonl", "rl-long/results.jsonl", "rl-long/log.jsonl",
                      "rl-lr1e-4/results.jsonl", "rl-lr1e-4/log.jsonl"):
@@ -107,8 +107,8 @@ def bought_result(actions):
 
 def behaviour_rows(run):
     """Per evaluated model and split: which result it opens first, how often it buys the expert's result,
-    its invalid actions: what report.py shows, kept small enough for the repository."""
-    from report import actions, behaviour
+    its invalid actions: what research/report.py shows, kept small enough for the repository."""
+    from research.report import actions, behaviour
     rows = []
     files = (glob.glob(os.path.join(run, "eval", "*.jsonl")) + glob.glob(os.path.join(run, "rl", "eval.*.jsonl"))
              + glob.glob(os.path.join(run, "rl-long", "eval.*.jsonl")))
@@ -132,7 +132,7 @@ def behaviour_rows(run):
 
 
 def task_bought(experts, record):
-    from report import actions
+    from research.report import actions
     expert = experts.get(record["task_id"])
     return bought_result(actions(expert)) if expert else None
 
@@ -609,6 +609,60 @@ def exercise_times(folder):
             f"3, nothing beyond `python loop.py`; experiment 4, {oracle / 60:.1f} minutes (sampling both test splits).")
 
 
+CUE_FOLDERS = {"price": DEFAULT, "attribute": "results/cue-study/attribute"}  # the price cue is the default shop
+CUE_STAGES = ["sft", "eto-1", "sft-continued-1", "rft", "online-rl"]
+CUE_MODELS = ["SFT", "ETO", "control", "RFT", "online RL"]  # research/cue_study.py's names of the same models
+
+
+def cue_decision(cue, split="test_unseen"):
+    """The pre-registered rule (results/cue-study/PREREGISTRATION.md): d_s = ETO − control of seed s; it holds when
+    mean(d) > 0 and mean(d) exceeds the larger population std over seeds of ETO's and of the control's reward.
+    Returns (holds, mean d, spread, per-seed d)."""
+    by_seed = seed_rows(CUE_FOLDERS[cue])
+    eto = [value(rows, "eto-1", split) for rows in by_seed.values()]
+    control = [value(rows, "sft-continued-1", split) for rows in by_seed.values()]
+    if None in eto or None in control:
+        raise InputError(f"{CUE_FOLDERS[cue]}: a seed has no ETO or control row on {split}")
+    diffs = [a - b for a, b in zip(eto, control)]
+    spread = max(statistics.pstdev(eto), statistics.pstdev(control))
+    mean = statistics.mean(diffs)
+    return mean > 0 and mean > spread, mean, spread, diffs
+
+
+def cue_rule(cue):
+    """The decision rule's figures for a cue, on both test splits."""
+    lines = ["| split | ETO − control, mean | per seed | spread over seeds | the rule |", "|---|---|---|---|---|"]
+    for split in ("test_seen", "test_unseen"):
+        holds, mean, spread, diffs = cue_decision(cue, split)
+        lines.append(f"| {split} | {round(mean, 1) + 0.0:+.1f} | {', '.join(f'{round(d, 1) + 0.0:+.1f}' for d in diffs)} "
+                     f"| {spread:.1f} | {'holds' if holds else 'does not hold'} |")
+    return "\n".join(lines)
+
+
+def cue_behaviour(cue, split="test_unseen"):
+    """Per model: reward, how often the first result opened is the right one, and `item 1` where it is wrong
+    (results/cue-study/CUE.jsonl, from research/cue_study.py --collect), mean ± std over seeds."""
+    rows = read_jsonl(os.path.join(HERE, "results", "cue-study", f"{cue}.jsonl"), ("model", "split", "seed"))
+    lines = [f"| model ({split}) | reward | right result opened first, % | `item 1` opened first where it is wrong, % |",
+             "|---|---|---|---|"]
+    for model in CUE_MODELS:
+        found = sorted((r for r in rows if r["model"] == model and r["split"] == split), key=lambda r: r["seed"])
+        if found:
+            lines.append(f"| {model} | " + " | ".join(mean_std([r[key] for r in found]) for key in
+                                                        ("avg_reward", "right_first", "item_1_when_wrong")) + " |")
+    return "\n".join(lines)
+
+
+def cue_verdict():
+    """One sentence per cue: where ETO stands against its control on test_unseen, by the pre-registered rule."""
+    parts = []
+    for cue, what in (("price", "the price cue (`--env shop`)"), ("attribute", "the attribute cue (`--env shop:cue=attribute`)")):
+        holds, mean, spread, _ = cue_decision(cue)
+        parts.append(f"On {what}, ETO − control on test_unseen is {round(mean, 1) + 0.0:+.1f} against a spread over seeds "
+                     f"of {spread:.1f}: ETO {'beats' if holds else 'does not beat'} its control by the pre-registered rule.")
+    return " ".join(parts)
+
+
 SMOL_NAMES = {"sft": "SFT", "eto-a": "ETO (the paper's pairs, Eq. 11)", "control-a": "control: NLL on ETO's chosen side",
               "eto-b": "divergence pairs + NLL", "control-b": "control of divergence pairs + NLL"}
 SMOL = "results/smol-paper-lr"
@@ -652,6 +706,13 @@ TABLES = {
     "smol-paper-lr-time": lambda: smol_time(SMOL),
     "smol-paper-lr-training": lambda: smol_training(SMOL),
     "default-variant-minus-control": lambda: differences(DEFAULT, "eto-divergence-nll-1", "sft-continued-1"),
+    "cue-price-seeds": lambda: seeds_table(CUE_FOLDERS["price"], CUE_STAGES),
+    "cue-attribute-seeds": lambda: seeds_table(CUE_FOLDERS["attribute"], CUE_STAGES),
+    "cue-price-rule": lambda: cue_rule("price"),
+    "cue-attribute-rule": lambda: cue_rule("attribute"),
+    "cue-price-behaviour": lambda: cue_behaviour("price"),
+    "cue-attribute-behaviour": lambda: cue_behaviour("attribute"),
+    "cue-verdict": cue_verdict,
 }
 MARKER = re.compile(r"<!-- table:([\w-]+) -->\n(.*?)<!-- /table:\1 -->", re.S)
 

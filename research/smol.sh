@@ -57,7 +57,7 @@ stage "$RUN/dev/expert.jsonl" explore.py --split dev --expert --limit "$DEV"
 python - "$RUN" <<'PYTHON' | tee "$RUN/table.jsonl"
 # the table: per model, dev reward and success, the result it opened first, how often that was the expert's
 import json, os, sys
-from report import actions, action_kind, behaviour
+from research.report import actions, action_kind, behaviour
 from common import read_jsonl
 run = sys.argv[1]
 experts = {r["task_id"]: r for r in read_jsonl(os.path.join(run, "dev", "expert.jsonl"))}

@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the stages live one folder up
 from common import InputError, read_jsonl, run_main, write_jsonl
 from plumbing.launch import run_stage
-from report import behaviour
+from research.report import behaviour
 
 
 def parse_setting(text):

@@ -9,7 +9,7 @@ import torch
 import dpo
 from common import InputError, micro_batches, sequence_logps
 from dpo import Objective, accumulate_step, dpo_loss, tokenize_pair
-from dpo_variants import conservative_dpo_loss, dpop_loss, hinge_loss, ipo_loss
+from research.preference_losses import chosen_loss, conservative_dpo_loss, dpop_loss, hinge_loss, ipo_loss
 from plumbing.ranks import Ranks
 from pairs import make_pairs
 from sft import build_tiny_model, build_tiny_tokenizer
@@ -40,7 +40,7 @@ def test_loss_variants_match_hand_computation(beta):
     hinge, _, _ = hinge_loss(*args, beta)
     assert hinge.item() == pytest.approx(max(0.0, 1 - beta * h), abs=1e-6)
     with pytest.raises(InputError, match="unknown loss 'kto'; valid losses: sigmoid, ipo, hinge, dpop"):
-        Objective(beta, loss="kto")
+        chosen_loss("kto")
 
 
 def test_dpop_matches_hand_computation():
@@ -56,8 +56,8 @@ def test_dpop_matches_hand_computation():
     grads = []
     for loss_type in ("sigmoid", "dpop"):
         chosen = torch.tensor([-1.0], requires_grad=True)
-        Objective(0.5, loss=loss_type, dpop_lambda=2.0).preference_losses(
-            chosen, torch.tensor([-3.0]), torch.tensor([-0.5]), torch.tensor([-1.0]))[0].sum().backward()
+        chosen_loss(loss_type, dpop_lambda=2.0)(
+            chosen, torch.tensor([-3.0]), torch.tensor([-0.5]), torch.tensor([-1.0]), 0.5)[0].sum().backward()
         grads.append(chosen.grad.item())
     assert grads[1] < grads[0] < 0
 
@@ -69,11 +69,11 @@ def test_conservative_dpo_matches_golden_values(beta, expected):
     args = [torch.tensor([v]) for v in (-1.0, -3.0, -2.0, -2.5)]
     conservative, _, _ = conservative_dpo_loss(*args, beta, label_smoothing=0.2)
     assert conservative.item() == pytest.approx(expected, abs=1e-6)
-    smoothed, _, _ = Objective(beta, label_smoothing=0.2).preference_losses(*args)  # what dpo.py trains with
+    smoothed, _, _ = chosen_loss("sigmoid", label_smoothing=0.2)(*args, beta)  # what the study trains with
     assert smoothed.item() == pytest.approx(expected, abs=1e-6)
     for loss_type in ("ipo", "hinge"):  # label smoothing is the sigmoid loss's: refused, never ignored
         with pytest.raises(InputError, match=f"--loss {loss_type} has none"):
-            Objective(beta, loss=loss_type, label_smoothing=0.2)
+            chosen_loss(loss_type, label_smoothing=0.2)
 
 
 def test_dpo_loss_is_log2_when_policy_equals_reference_and_rewards_are_detached():

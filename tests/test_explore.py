@@ -176,7 +176,7 @@ def test_sampling_draws_as_generate_does():
 
 
 def policy_stop_ids(tokenizer):
-    from plumbing.decode import end_of_turn_token
+    from explore import end_of_turn_token
     return sorted({tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)), tokenizer.eos_token_id})
 
 

@@ -78,10 +78,10 @@ def test_loop_runs_and_resume_skips_finished_stages(tmp_path):
     assert (run / "report.html").exists() and (run / "eval" / "expert.test_unseen.jsonl").exists()
     table = first.stdout.split("model ")[1]  # the printed table holds the rows of results.jsonl
     assert all(f"{r['avg_reward']:.1f}" in table for r in rows)
-    # the stages typed by hand end in report.py, which rebuilds the same results (and table) from the evaluations
+    # the stages typed by hand end in research/report.py, which rebuilds the same results (and table) from the evaluations
     by_hand = tmp_path / "by-hand"
     shutil.copytree(run, by_hand, ignore=shutil.ignore_patterns("results.jsonl", "report.html", "results.png"))
-    done = subprocess.run([sys.executable, "report.py", "--run", str(by_hand)], cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "research/report.py", "--run", str(by_hand)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [{**row, "model": row["model"].replace(str(run), "")} for row in json_lines(by_hand / "results.jsonl")] == \
@@ -91,7 +91,7 @@ def test_loop_runs_and_resume_skips_finished_stages(tmp_path):
 
     second = subprocess.run(LOOP + ["--run", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     reran = [line for line in second.stdout.splitlines() if line.startswith("$ ")]
-    assert second.returncode == 0 and reran == [PIN_LINE, f"$ python report.py --run {run}"]  # the page is rewritten
+    assert second.returncode == 0 and reran == [PIN_LINE, f"$ python research/report.py --run {run}"]  # the page is rewritten
     assert second.stdout.count("[done]") == 14
     assert read_rows(run) == rows
 

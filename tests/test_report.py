@@ -1,4 +1,4 @@
-"""report.py: the numbers on the page, checked by hand; the page, escaped; the page in a real browser."""
+"""research/report.py: the numbers on the page, checked by hand; the page, escaped; the page in a real browser."""
 import json
 import math
 import shutil
@@ -14,7 +14,7 @@ from common import sequence_logps
 from envs.shop import ShopEnv
 from explore import rollout
 from pairs import make_pairs
-from report import action_kind, behaviour, item_pair_counts, options_as_asked, sample_pairs, turn_rewards
+from research.report import action_kind, behaviour, item_pair_counts, options_as_asked, sample_pairs, turn_rewards
 from sft import build_tiny_model, build_tiny_tokenizer
 from tests.conftest import ROOT
 
@@ -163,7 +163,7 @@ def run_folder(tmp_path_factory):
     (run / "iter1" / "model" / "args.json").write_text(json.dumps(
         {"args": {"model": str(run / "sft"), "pairs": str(run / "iter1" / "pairs.jsonl"), "beta": 0.5, "sft_weight": 1.0},
          "summary": {"stage": "dpo", "seconds": 3.0}}))
-    done = subprocess.run([sys.executable, "report.py", "--run", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "research/report.py", "--run", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return run
 
@@ -196,13 +196,13 @@ def test_the_page_in_a_real_browser(run_folder, tmp_path):
 
 
 def test_no_results_is_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "report.py", "--run", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "research/report.py", "--run", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "no results.jsonl and no evaluations" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "report.html").exists()
 
 
 def test_plot_has_a_line_per_method_and_a_panel_per_split(tmp_path):
-    from report import plot_point, plot_results
+    from research.report import plot_point, plot_results
     assert plot_point("eto-2") == [("ETO", 2)] and plot_point("sft-continued-1") == [("SFT continued (control)", 1)]
     assert plot_point("self-play-rft-eto") == [("self-play", 2)] and plot_point("best-of-4")[0][1] == 0
     assert plot_point("eto-divergence-nll-1") == [("ETO, divergence-nll", 1)]  # a loop.py --variants row
@@ -218,7 +218,7 @@ def test_plot_has_a_line_per_method_and_a_panel_per_split(tmp_path):
 
 
 def test_mean_std_table_over_seeds():
-    from report import mean_std_table
+    from research.report import mean_std_table
     rows = [{"stage": "sft", "split": split, "avg_reward": r, "success_rate": s, "seed": seed}
             for seed, r, s in [(0, 50.0, 10.0), (1, 60.0, 30.0)] for split in ("test_seen", "test_unseen")]
     table = mean_std_table(rows)
@@ -230,7 +230,7 @@ def test_mean_std_table_over_seeds():
 
 def test_a_sampled_evaluation_is_rebuilt_as_best_of_n(tmp_path):
     """Best-of-N rows from the evaluation files alone: per task the best sample's reward, by hand."""
-    from report import rows_from_evaluations
+    from research.report import rows_from_evaluations
     (tmp_path / "eval").mkdir()
     samples = [("t0", 0.2), ("t0", 1.0), ("t1", 0.5), ("t1", 0.25)]  # best: 1.0 and 0.5 -> 75.0, 1 success of 2
     path = tmp_path / "eval" / "best-of-2.test_seen.jsonl"

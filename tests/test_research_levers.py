@@ -48,7 +48,8 @@ def test_levers_run_end_to_end_and_share_a_control(tmp_path):
     assert [(r["lever"], r["model"]) for r in rows] == [("-", "sft"), ("eto", "eto"), ("eto", "control"),
                                                         ("dpop", "eto"), ("dpop", "control")]
     assert rows[2] == {**rows[4], "lever": "eto"}  # one control for the two levers on the same pairs
-    assert done.stdout.count("$ python dpo.py") == 3 and "--loss dpop" in done.stdout
+    assert done.stdout.count("$ python dpo.py") == 2  # eto and the shared control; dpop trains its loss in dpo.py's loop:
+    assert done.stdout.count("$ python research/preference_losses.py") == 1 and "--loss dpop" in done.stdout
     assert (run / "levers.md").read_text().startswith("dev, 2 tasks, seeds 0")
 
 

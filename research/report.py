@@ -1,7 +1,7 @@
 """What a run learned, on one page: RUN/report.html, static and self-contained (opens from disk).
 
-    python report.py --run runs/default        # loop.py and research/experiments.py write it at their end
-    python report.py --run runs/seeds          # a research/experiments.py --seeds run: mean +- std, seed 0's models
+    python research/report.py --run runs/default       # loop.py and research/experiments.py write it at their end
+    python research/report.py --run runs/seeds         # a research/experiments.py --seeds run: mean +- std, seed 0's models
 
 Everything on the page comes from the run's own files: the results table (mean +- std over seeds) and
 its plot (also written as RUN/results.png); per model, what it does on each test split (the action at
@@ -21,13 +21,14 @@ import random
 import re
 import shlex
 import statistics
+import sys
 from collections import Counter
 
-from common import InputError, format_table, read_jsonl, run_main, sequence_logps, tokenize_conversation, write_jsonl
-from envs import parse_action
-from pairs import first_differing_action
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the stages live one folder up
+from common import EVAL_SPLITS, InputError, format_table, read_jsonl, run_main, sequence_logps, tokenize_conversation, write_jsonl  # noqa: E402
+from envs import parse_action  # noqa: E402
+from pairs import first_differing_action  # noqa: E402
 
-SPLITS = ("dev", "test_seen", "test_unseen")  # the evaluation splits, in the order tables list them
 TURNS_SHOWN = 6  # turns of the per-turn action table
 PAIRS_PER_KIND = 2
 
@@ -65,9 +66,9 @@ def shown_action(action):
 
 # ---- tables and the plot ---------------------------------------------------------------------------
 def splits_in(rows):
-    """The evaluation splits the result rows hold, in SPLITS order (loop.py --eval-splits chooses them)."""
+    """The evaluation splits the result rows hold, in EVAL_SPLITS order (loop.py --eval-splits chooses them)."""
     present = {row["split"] for row in rows}
-    return [split for split in SPLITS if split in present]
+    return [split for split in EVAL_SPLITS if split in present]
 
 
 def mean_std_table(rows):
@@ -293,7 +294,7 @@ def results_section(rows, experts, png):
 def behaviour_section(folder, stages):
     """Per test split: each model's habits beside the others, then its action at each turn."""
     parts = ["<h2>What each model does</h2>"]
-    for split in SPLITS:
+    for split in EVAL_SPLITS:
         expert_file = os.path.join(folder, "eval", f"expert.{split}.jsonl")
         experts = {r["task_id"]: r for r in read_jsonl(expert_file)} if os.path.exists(expert_file) else {}
         records = {stage: read_jsonl(path) for stage in stages
@@ -404,7 +405,7 @@ def build_page(run):
     seeds = sorted({row["seed"] for row in rows})
     folder = run if os.path.isdir(os.path.join(run, "eval")) else os.path.join(run, f"seed{seeds[0]}")
     experts = {}
-    for split in SPLITS:
+    for split in EVAL_SPLITS:
         path = os.path.join(folder, "eval", f"expert.{split}.jsonl")
         if os.path.exists(path):
             experts[split] = behaviour(read_jsonl(path), {})
@@ -424,7 +425,7 @@ def rows_from_evaluations(run):
     rows = []
     for path in glob.glob(os.path.join(run, "eval", "*.jsonl.args.json")):
         stage, split = os.path.basename(path)[:-len(".jsonl.args.json")].rsplit(".", 1)
-        if stage == "expert" or split not in SPLITS:
+        if stage == "expert" or split not in EVAL_SPLITS:
             continue
         with open(path) as f:
             record = json.load(f)
@@ -443,7 +444,7 @@ def rows_from_evaluations(run):
         name, _, number = row["stage"].rpartition("-")
         iteration = int(number) if number.isdigit() else 0 if row["stage"] == "sft" else 10 ** 6
         kind = 0 if row["stage"] == "sft" else 2 if name == "sft-continued" else 1
-        return iteration, kind, row["stage"], SPLITS.index(row["split"])
+        return iteration, kind, row["stage"], EVAL_SPLITS.index(row["split"])
     return sorted(rows, key=order)
 
 

@@ -1,0 +1,109 @@
+"""Where learning from failures helps: the shop with the price as the deciding cue (`--env shop`) beside the
+same shop with a requested attribute as the cue (`--env shop:cue=attribute`). Pre-registered in
+results/cue-study/PREREGISTRATION.md (hypothesis, settings, seeds, decision rule).
+
+    bash research/cue_study.sh                                 # every run, then the files below (~2 hours)
+    python research/cue_study.py --check-dev runs/cue/seed0    # the dev check, before any test split
+    python research/cue_study.py --collect results/cue-study --price runs/default runs/seed1 runs/seed2 \
+        --attribute runs/cue/seed0 runs/cue/seed1 runs/cue/seed2
+
+Per model and split, beside reward and success, the behaviour the cue is about, from the episodes: how often
+the first result opened is the one the expert opens (the right one), and how often it is `item 1` on the
+tasks where `item 1` is not the right one. --collect writes results/cue-study/CUE.jsonl (one row per seed,
+model and split) and research/pages.py makes docs/results.md's tables and the README's verdict from them.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the stages live one folder up
+from common import EVAL_SPLITS, InputError, read_jsonl, run_main, write_jsonl  # noqa: E402
+from research.report import action_kind, actions  # noqa: E402
+
+# the models of a loop run and the baselines research/experiments.py and research/online_rl.py add beside it
+MODELS = {"sft": "SFT", "eto-1": "ETO", "sft-continued-1": "control", "rft": "RFT", "online-rl": "online RL"}
+
+
+def first_item(record):
+    """The first result an episode opens (`item 3`), or None."""
+    return next((a[6:-1].strip().lower() for a in actions(record) if action_kind(a) == "item"), None)
+
+
+def first_clicks(records, experts):
+    """(% of episodes whose first result opened is the expert's, % opening `item 1` first among the episodes
+    whose task's right result is not `item 1`, how many such episodes)."""
+    right, item_1_wrong, item_1_taken = 0, 0, 0
+    for record in records:
+        expert = first_item(experts[record["task_id"]])
+        opened = first_item(record)
+        right += opened == expert
+        if expert != "item 1":
+            item_1_wrong += 1
+            item_1_taken += opened == "item 1"
+    return (round(100 * right / max(len(records), 1), 1), round(100 * item_1_taken / max(item_1_wrong, 1), 1),
+            item_1_wrong)
+
+
+def model_rows(run, cue):
+    """One row per model and split of a loop run (with its baselines), read from RUN/eval and RUN/rl."""
+    with open(os.path.join(run, "loop_args.json")) as f:
+        seed = json.load(f)["seed"]
+    rows = []
+    for split in EVAL_SPLITS:
+        experts_file = os.path.join(run, "eval", f"expert.{split}.jsonl")
+        if not os.path.exists(experts_file):
+            continue
+        experts = {r["task_id"]: r for r in read_jsonl(experts_file)}
+        for stage, name in MODELS.items():
+            path = (os.path.join(run, "rl", f"eval.{split}.jsonl") if stage == "online-rl"
+                    else os.path.join(run, "eval", f"{stage}.{split}.jsonl"))
+            if not os.path.exists(path):
+                continue
+            records = read_jsonl(path)
+            right, item_1, wrong = first_clicks(records, experts)
+            rows.append({"cue": cue, "seed": seed, "model": name, "split": split, "n": len(records),
+                         "avg_reward": round(100 * sum(r["reward"] for r in records) / len(records), 2),
+                         "success_rate": round(100 * sum(r["reward"] >= 1.0 for r in records) / len(records), 2),
+                         "right_first": right, "item_1_when_wrong": item_1, "item_1_wrong_tasks": wrong,
+                         "file": os.path.relpath(path)})
+    return rows
+
+
+def check_dev(run):
+    """The pre-registered check on dev, before any test split: SFT leaves room to learn. Exit 1 when it does not."""
+    experts = {r["task_id"]: r for r in read_jsonl(os.path.join(run, "eval", "expert.dev.jsonl"))}
+    records = read_jsonl(os.path.join(run, "eval", "sft.dev.jsonl"))
+    right, item_1, wrong = first_clicks(records, experts)
+    reward = 100 * sum(r["reward"] for r in records) / len(records)
+    success = 100 * sum(r["reward"] >= 1.0 for r in records) / len(records)
+    checks = {"reward below the expert's 100": reward < 100, "success below 90%": success < 90,
+              "right result first on some tasks, not all": 0 < right < 100}
+    print(json.dumps({"stage": "cue-dev-check", "run": run, "sft_dev_reward": round(reward, 2),
+                      "sft_dev_success": round(success, 2), "right_first": right, "item_1_when_wrong": item_1,
+                      "item_1_wrong_tasks": wrong, "expert_dev_reward": round(100 * sum(
+                          r["reward"] for r in experts.values()) / len(experts), 2),
+                      "passes": all(checks.values()), "checks": checks}))
+    return all(checks.values())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check-dev", metavar="RUN", help="a loop run on the attribute cue with dev evaluated")
+    parser.add_argument("--collect", metavar="FOLDER", help="write FOLDER/price.jsonl and FOLDER/attribute.jsonl")
+    parser.add_argument("--price", nargs="*", default=[], metavar="RUN", help="loop runs on --env shop")
+    parser.add_argument("--attribute", nargs="*", default=[], metavar="RUN", help="loop runs on --env shop:cue=attribute")
+    args = parser.parse_args()
+    if args.check_dev:
+        sys.exit(0 if check_dev(args.check_dev) else 1)
+    if not args.collect:
+        raise InputError("give --check-dev RUN or --collect FOLDER")
+    for cue, runs in (("price", args.price), ("attribute", args.attribute)):
+        rows = [row for run in runs for row in model_rows(run, cue)]
+        if rows:
+            write_jsonl(os.path.join(args.collect, f"{cue}.jsonl"), rows)
+            print(json.dumps({"stage": "cue-collect", "cue": cue, "runs": len(runs), "rows": len(rows)}))
+
+
+if __name__ == "__main__":
+    run_main(main)
