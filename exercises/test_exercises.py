@@ -122,6 +122,16 @@ def test_6_the_first_differing_action_ignores_thoughts():
     assert adapters.first_differing_action(chosen, chosen) is None
 
 
+def test_6_unequal_lengths_are_compared_where_both_have_a_message():
+    start = [{"role": "system", "content": "s"}, {"role": "user", "content": "task"}]
+    longer = start + [reply("a", "search[shoes]"), {"role": "user", "content": "page"}, reply("b", "click[item 2]"),
+                      {"role": "user", "content": "item"}, reply("c", "click[buy now]")]
+    assert adapters.first_differing_action(longer, longer[:5]) is None  # one starts with the whole of the other
+    assert adapters.first_differing_action(longer[:5], longer) is None
+    shorter = longer[:4] + [reply("b", "click[item 1]")]
+    assert adapters.first_differing_action(longer, shorter) == 4  # an index into the lists, system message included
+
+
 # ---- 7. group_advantages ---------------------------------------------------------------------------------
 def test_7_each_episode_is_scored_against_its_own_group():
     # group 1: (1, 0, 0, 1) has mean 1/2 -> (1/2, -1/2, -1/2, 1/2); group 2: (0.2, 0.6, 0.4, 0.8) has mean 0.5
@@ -135,6 +145,23 @@ def test_7_each_episode_is_scored_against_its_own_group():
 def test_7_an_all_equal_group_has_no_advantage_and_no_nan():
     assert adapters.group_advantages([1.0, 1.0, 0.0, 0.0], 2) == [0.0, 0.0, 0.0, 0.0]
     assert adapters.group_advantages([1.0, 1.0, 0.0, 0.0], 2, normalize_std=True) == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_7_equal_rewards_that_are_not_exact_in_binary_still_give_zero():
+    # 0.1 + 0.1 + 0.1 = 0.30000000000000004 in binary, so a mean taken as sum / n is 0.10000000000000002 and each
+    # deviation -1.4e-17, and so is the std: dividing one by the other gives -1, not 0
+    assert adapters.group_advantages([0.1, 0.1, 0.1], 3) == pytest.approx([0.0, 0.0, 0.0], abs=1e-12)
+    assert adapters.group_advantages([0.1, 0.1, 0.1], 3, normalize_std=True) == pytest.approx([0.0, 0.0, 0.0], abs=1e-12)
+    assert adapters.group_advantages([0.1, 0.1, 0.1, 0.7, 0.3, 0.3], 3, normalize_std=True)[:3] == \
+        pytest.approx([0.0, 0.0, 0.0], abs=1e-12)
+
+
+def test_7_the_std_is_the_population_std():
+    # (1, 0, 0, 0): mean 1/4, squared deviations 9/16 + 3 * 1/16 = 3/4; population std sqrt(3/4 / 4) = sqrt(3)/4
+    # -> (3/4) / (sqrt(3)/4) = sqrt(3) and -(1/4) / (sqrt(3)/4) = -1/sqrt(3). The sample std, sqrt(3/4 / 3) = 1/2,
+    # would give 3/2 and -1/2
+    assert adapters.group_advantages([1.0, 0.0, 0.0, 0.0], 4, normalize_std=True) == pytest.approx(
+        [math.sqrt(3), -1 / math.sqrt(3), -1 / math.sqrt(3), -1 / math.sqrt(3)])
 
 
 def test_7_the_std_is_the_groups_own():
@@ -154,6 +181,17 @@ def test_8_the_clipped_surrogate_by_hand():
     loss = adapters.clipped_surrogate(logps, torch.zeros(1, 4), torch.tensor([[2.0, 2.0, -1.0, 9.0]]),
                                       torch.tensor([[1.0, 1.0, 1.0, 0.0]]), 0.2)
     assert loss.item() == pytest.approx(-3.4 / 3, abs=1e-6)
+
+
+def test_8_each_side_of_the_clip_for_each_sign_of_the_advantage():
+    # clip 0.2. A = 1: ratio 1.5 -> min(1.5, 1.2) = 1.2 (clipped); ratio 0.5 -> min(0.5, 0.8) = 0.5 (not clipped).
+    # A = -1: ratio 0.5 -> min(-0.5, -0.8) = -0.8 (clipped); ratio 1.5 -> min(-1.5, -1.2) = -1.5 (not clipped).
+    ratios, advantages = [1.5, 0.5, 0.5, 1.5], [1.0, 1.0, -1.0, -1.0]
+    expected = [-1.2, -0.5, 0.8, 1.5]  # each token's loss, alone
+    for ratio, advantage, loss in zip(ratios, advantages, expected):
+        got = adapters.clipped_surrogate(torch.log(torch.tensor([[ratio]])), torch.zeros(1, 1),
+                                         torch.tensor([[advantage]]), torch.ones(1, 1), 0.2)
+        assert got.item() == pytest.approx(loss, abs=1e-6), (ratio, advantage)
 
 
 def test_8_the_mean_is_over_the_agent_tokens_of_the_whole_batch():
