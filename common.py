@@ -23,11 +23,11 @@ from plumbing.ranks import finish as finish_ranks
 # batch 32, every train task explored once, greedily. dpo.py's defaults and loop.py's for a loaded model.
 PAPER = {"pair_level": "trajectory", "beta": 0.1, "sft_weight": 0.0, "dpo_lr": 1e-6, "dpo_epochs": 3,
          "dpo_batch_size": 32, "explore_limit": 0, "jobs": 1}
-# The tiny model's recipes: the paper's algorithm above, with what a 1M-parameter model trained from scratch
+# The tiny model's recipes: the paper's algorithm above, with what a small model trained from scratch
 # needs, chosen on the shop's dev split (docs/results.md): SFT's layers, epochs, batch, lr and warm-up (chosen
 # for a model that lands in nearly the same place under other correct arithmetic: docs/performance.md), DPO's
-# lr, epochs and batch, and how many train tasks are explored. "lecture", the default (~5 minutes on 2 cores),
-# and "full" (4 layers, 10 SFT epochs, every train task, ~3x as long).
+# lr, epochs and batch, and how many train tasks are explored. "lecture", the default (its time on 2 cores is
+# in the README), and "full" (4 layers, more SFT epochs, every train task; longer).
 RECIPES = {
     "lecture": {**PAPER, "tiny_layers": 2, "sft_epochs": 6, "sft_batch_size": 4, "sft_lr": 5e-3,
                 "sft_warmup_ratio": 0.1, "explore_limit": 500, "dpo_lr": 3e-5, "dpo_epochs": 1, "dpo_batch_size": 8,

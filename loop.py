@@ -1,6 +1,6 @@
 """The whole ETO loop as the shell commands a user would type, resumable, with an honest control.
 
-    python loop.py                                   # the paper's ETO on the shop env, tiny model, CPU, ~5 min
+    python loop.py                                   # the paper's ETO on the shop env, tiny model, CPU
     python loop.py --run runs/seed1 --seed 1 --iterations 2 --variants divergence-nll
     python loop.py --run runs/smol --model path/to/chat-model      # the paper's lr, beta, epochs
     python loop.py --run runs/gpus --model path/to/chat-model --procs 4     # torchrun: a GPU a process
@@ -202,8 +202,8 @@ def add_loop_flags(parser):
                                                        "or a module of yours with make(options)")
     parser.add_argument("--model", default="tiny", help="'tiny' (built offline) or a HF chat-model folder or .gguf file")
     parser.add_argument("--recipe", default="lecture", choices=tuple(RECIPES),
-                        help="the tiny model's settings below, where a flag leaves them unset: lecture (~5 min on 2 "
-                             "cores) or full (a 4-layer model on every train task, 3x as long)")
+                        help="the tiny model's settings below, where a flag leaves them unset (RECIPES, common.py): "
+                             "lecture, or full (a 4-layer model on every train task; longer)")
     parser.add_argument("--iterations", type=int, default=1, help="explore -> pairs -> DPO rounds (the paper: 2; one, "
                         "from dev and time: a second helped the control more than ETO, and adds ~2 minutes)")
     parser.add_argument("--seed", type=int, default=0, help="passed to every stage")

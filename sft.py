@@ -12,8 +12,8 @@
         --fsdp                         # each rank 1/8 of the weights, gradients, optimizer state (fully_shard)
 
 `--model tiny` builds the offline default: a byte-level BPE tokenizer trained on the data with a ChatML
-chat template, and a Llama-style model from a config (4 layers, ~2M parameters; `--tiny-layers 2`, the
-lecture recipe's, ~1M). Any other value is loaded with
+chat template, and a Llama-style model from a config (4 layers; the lecture recipe's `--tiny-layers 2` has
+1.08M parameters, the `params` of its summary). Any other value is loaded with
 `from_pretrained` (a local folder; nothing is downloaded unless you allow it). Both take the same
 chat-template path. The output is a `save_pretrained` folder (safetensors) with `args.json`.
 The per-turn loss mask (`tokenize_conversation`), JSONL and model loading are in common.py.

@@ -2,7 +2,7 @@
 under other correct floating-point kernels (the order of a sum's terms, FMA or not), beside the spread over
 seeds. A recipe people teach from gives nearly the same model under each; one on a cliff does not.
 
-    python research/arithmetic.py                                     # the lecture recipe, 3 settings x 3 seeds
+    python research/arithmetic.py                                     # the lecture recipe, 4 settings x 3 seeds
     python research/arithmetic.py --name lr1e-3 --set sft_lr=1e-3     # a candidate recipe, chosen on dev
     python research/arithmetic.py --seeds 0 --perturbations pinned --eval-limit 50   # a quick look
 
@@ -117,7 +117,7 @@ def main():
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help=f"a setting changed from the lecture recipe ({', '.join(SETTABLE)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of each perturbation")
-    parser.add_argument("--perturbations", nargs="+", default=["pinned", "aten-default", "mkl-compatible"],
+    parser.add_argument("--perturbations", nargs="+", default=["pinned", "aten-default", "mkl-compatible", "micro-batch-1"],
                         choices=tuple(PERTURBATIONS), help="arithmetic settings, each its own environment variables "
                         "(PERTURBATIONS; mkl-compatible-2-threads differs from mkl-compatible only in MKL's split; "
                         "micro-batch-1 sums each step's gradient one sequence at a time)")

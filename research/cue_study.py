@@ -2,7 +2,7 @@
 same shop with a requested attribute as the cue (`--env shop:cue=attribute`). Pre-registered in
 results/cue-study/PREREGISTRATION.md (hypothesis, settings, seeds, decision rule).
 
-    bash research/cue_study.sh                                 # every run, then the files below (~2 hours)
+    bash research/cue_study.sh                                 # every run, then the files below
     python research/cue_study.py --check-dev runs/cue/seed0    # the dev check, before any test split
     python research/cue_study.py --collect results/cue-study --price runs/default runs/seed1 runs/seed2 \
         --attribute runs/cue/seed0 runs/cue/seed1 runs/cue/seed2

@@ -18,6 +18,7 @@ for s in $seeds; do
   python research/experiments.py --run runs/cue/seed$s --env $env --seed $s --methods sft,rft \
     --eval-splits dev,test_seen,test_unseen > runs/cue/seed$s.rft.log 2>&1
 done
-python research/cue_study.py --collect results/cue-study --price runs/default runs/seed1 runs/seed2 \
-  --attribute $(for s in $seeds; do echo runs/cue/seed$s; done)
+runs=$(for s in $seeds; do echo runs/cue/seed$s; done)
+python research/cue_study.py --collect results/cue-study --price runs/default runs/seed1 runs/seed2 --attribute $runs
+python research/pages.py --collect results/cue-study/attribute $runs
 python research/pages.py

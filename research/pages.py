@@ -609,6 +609,20 @@ def exercise_times(folder):
             f"3, nothing beyond `python loop.py`; experiment 4, {oracle / 60:.1f} minutes (sampling both test splits).")
 
 
+def seed_ranges(folder, stages, splits=("test_seen", "test_unseen")):
+    """Per model: the lowest and highest reward over the seeds on each split: the range the answers give."""
+    by_seed = seed_rows(folder)
+    lines = ["| model | " + " | ".join(f"{s} reward, lowest – highest over seeds {', '.join(map(str, by_seed))}"
+                                      for s in splits) + " |", "|---|" + "---|" * len(splits)]
+    for stage in ran(by_seed, stages):
+        cells = []
+        for split in splits:
+            got = [value(rows, stage, split) for rows in by_seed.values()]
+            cells.append(f"{min(got):.1f} – {max(got):.1f}" if None not in got else "–")
+        lines.append(f"| {NAMES.get(stage, stage)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 CUE_FOLDERS = {"price": DEFAULT, "attribute": "results/cue-study/attribute"}  # the price cue is the default shop
 CUE_STAGES = ["sft", "eto-1", "sft-continued-1", "rft", "online-rl"]
 CUE_MODELS = ["SFT", "ETO", "control", "RFT", "online RL"]  # research/cue_study.py's names of the same models
@@ -713,6 +727,12 @@ TABLES = {
     "cue-price-behaviour": lambda: cue_behaviour("price"),
     "cue-attribute-behaviour": lambda: cue_behaviour("attribute"),
     "cue-verdict": cue_verdict,
+    "default-ranges": lambda: seed_ranges(DEFAULT, MAIN_STAGES),
+    "default-eto-minus-sft-tests": lambda: differences(DEFAULT, "eto-1", "sft", ("test_seen", "test_unseen")),
+    "default-eto-minus-control-tests": lambda: differences(DEFAULT, "eto-1", "sft-continued-1", ("test_seen", "test_unseen")),
+    "default-variant-minus-eto-tests": lambda: differences(DEFAULT, "eto-divergence-nll-1", "eto-1", ("test_seen", "test_unseen")),
+    "default-variant-minus-control-tests": lambda: differences(DEFAULT, "eto-divergence-nll-1", "sft-continued-1",
+                                                                ("test_seen", "test_unseen")),
 }
 MARKER = re.compile(r"<!-- table:([\w-]+) -->\n(.*?)<!-- /table:\1 -->", re.S)
 

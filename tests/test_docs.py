@@ -138,3 +138,31 @@ def test_the_reports_picture_is_captioned_with_the_run_it_shows():
     caption = readme.split("(docs/report.png)")[1].split("\n\n")[1]
     assert "runs/default" in caption and "--variants divergence-nll --eval-splits dev,test_seen,test_unseen" in \
         " ".join(caption.split())
+
+
+def prose_sentences(text):
+    """The sentences of a page's prose: code blocks, indented blocks, tables and generated tables left out,
+    inline code and link targets counted as one word."""
+    kept, generated, fence = [], False, False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        elif line.startswith("<!-- table:"):
+            generated = True
+        elif line.startswith("<!-- /table:"):
+            generated = False
+        elif not (fence or generated or line.startswith(("    ", "|", "<!--"))):
+            kept.append(line)
+            continue
+        kept.append("")
+    text = re.sub(r"\]\([^)]*\)", "]", re.sub(r"`[^`]*`", "CODE", "\n".join(kept)))
+    for paragraph in re.split(r"\n\s*\n|\n(?=\s*(?:[-*]|\d+\.|#) )", text):
+        yield from (s for s in re.split(r"(?<=[.!?])\s+(?=[A-Z*(\[])", " ".join(paragraph.split())) if s)
+
+
+@pytest.mark.parametrize("path", ["README.md", "exercises/*.md", "docs/glossary.md"])
+def test_no_sentence_runs_over_40_words(path):
+    for name in glob.glob(os.path.join(ROOT, path)):
+        long = [s for s in prose_sentences(open(name, encoding="utf-8").read()) if len(s.split()) > 40]
+        assert long == [], f"{os.path.relpath(name, ROOT)}: a sentence of {len(long[0].split())} words: {long[0][:80]!r}"
+    assert [len(s.split()) for s in prose_sentences("One two. Three `a b c` four.\n\n    code here. More.\n")] == [2, 3]
