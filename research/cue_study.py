@@ -5,12 +5,18 @@ results/cue-study/PREREGISTRATION.md (hypothesis, settings, seeds, decision rule
     bash research/cue_study.sh                                 # every run, then the files below
     python research/cue_study.py --check-dev runs/cue/seed0    # the dev check, before any test split
     python research/cue_study.py --collect results/cue-study --price runs/default runs/seed1 runs/seed2 \
-        --attribute runs/cue/seed0 runs/cue/seed1 runs/cue/seed2
+        --attribute runs/cue/seed0 runs/cue/seed1 runs/cue/seed2 --mechanism   # and what the pairs moved
 
 Per model and split, beside reward and success, the behaviour the cue is about, from the episodes: how often
 the first result opened is the one the expert opens (the right one), and how often it is `item 1` on the
 tasks where `item 1` is not the right one. --collect writes results/cue-study/CUE.jsonl (one row per seed,
 model and split) and research/pages.py makes docs/results.md's tables and the README's verdict from them.
+
+--mechanism adds results/cue-study/mechanism.jsonl: on iteration 1's pairs (the better side chosen), the
+implicit reward beta * (log pi - log ref) of each turn after the two sides part (ref: the SFT model), under
+ETO's model and under the control's, at the same beta. At the turn where they part (on the shop, the
+result clicked), the chosen and rejected turns' rewards, against the mean of the rejected side's later
+turns: whether what training moved sits on the decision the cue decides.
 """
 import argparse
 import json
@@ -18,7 +24,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the stages live one folder up
-from common import EVAL_SPLITS, InputError, read_jsonl, run_main, write_jsonl  # noqa: E402
+from common import EVAL_SPLITS, InputError, read_jsonl, run_main, token_logps, tokenize_conversation, write_jsonl  # noqa: E402
+from pairs import first_differing_action  # noqa: E402
 from research.report import action_kind, actions  # noqa: E402
 
 # the models of a loop run and the baselines research/experiments.py and research/online_rl.py add beside it
@@ -70,6 +77,67 @@ def model_rows(run, cue):
     return rows
 
 
+def turn_masks(tokenizer, prompt, continuation):
+    """(token ids, {message index in continuation: that assistant turn's loss mask}): dpo.py's masks, split
+    by turn as research/report.py's turn_rewards splits them, so the turns sum to the side's log-prob."""
+    messages = prompt + continuation
+    turns = [i for i in range(len(prompt), len(messages)) if messages[i]["role"] == "assistant"]
+    ids, _ = tokenize_conversation(tokenizer, messages, train_from=turns[0])
+    masks = [tokenize_conversation(tokenizer, messages, train_from=i)[1] for i in turns] + [[0] * len(ids)]
+    return ids, {i - len(prompt): [a - b for a, b in zip(masks[k], masks[k + 1])] for k, i in enumerate(turns)}
+
+
+def turn_logps(model, ids, masks):
+    """{turn: the sum of log p over that turn's tokens}, from one forward pass."""
+    import torch
+    logps = token_logps(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[0]
+    return {turn: float((logps * torch.tensor(mask[1:], dtype=logps.dtype)).sum()) for turn, mask in masks.items()}
+
+
+def mechanism_rows(run, cue):
+    """Per model (ETO, control): the mean implicit reward at the turn where each pair parts, chosen and
+    rejected, the mean of the rejected side's later turns, and the share of the rejected side's total (in
+    absolute value) that sits on the parting turn."""
+    import statistics
+
+    import torch
+    from common import load_model
+    from envs import parse_action
+    with open(os.path.join(run, "loop_args.json")) as f:
+        seed = json.load(f)["seed"]
+    with open(os.path.join(run, "iter1", "model", "args.json")) as f:
+        beta = json.load(f)["args"]["beta"]
+    pairs = read_jsonl(os.path.join(run, "iter1", "pairs.jsonl"), ("prompt", "chosen", "rejected"))
+    models = {name: load_model(os.path.join(run, folder))[0].eval()
+              for name, folder in (("reference", "sft"), ("ETO", "iter1/model"), ("control", "iter1/control"))}
+    tokenizer = load_model(os.path.join(run, "sft"))[1]
+    found = {name: {"chosen": [], "rejected": [], "later": [], "share": []} for name in ("ETO", "control")}
+    item_clicks, used = 0, 0
+    with torch.no_grad():
+        for pair in pairs:
+            parting = first_differing_action(pair["chosen"], pair["rejected"])
+            if parting is None:
+                continue
+            used += 1
+            item_clicks += action_kind(parse_action(pair["rejected"][parting]["content"])) == "item"
+            sides = {side: turn_masks(tokenizer, pair["prompt"], pair[side]) for side in ("chosen", "rejected")}
+            logps = {(name, side): turn_logps(model, *sides[side]) for name, model in models.items() for side in sides}
+            for name in found:
+                reward = {side: {turn: beta * (logps[(name, side)][turn] - logps[("reference", side)][turn])
+                                 for turn in sides[side][1]} for side in sides}
+                after = [r for turn, r in reward["rejected"].items() if turn > parting]
+                found[name]["chosen"].append(reward["chosen"][parting])
+                found[name]["rejected"].append(reward["rejected"][parting])
+                found[name]["later"] += after
+                total = abs(reward["rejected"][parting]) + sum(abs(r) for r in after)
+                found[name]["share"].append(abs(reward["rejected"][parting]) / total if total else 0.0)
+    return [{"cue": cue, "seed": seed, "model": name, "beta": beta, "pairs": used, "parting_at_an_item_click": item_clicks,
+             "chosen_at_parting": round(statistics.mean(got["chosen"]), 4),
+             "rejected_at_parting": round(statistics.mean(got["rejected"]), 4),
+             "rejected_later_turn": round(statistics.mean(got["later"]), 4) if got["later"] else None,
+             "share_of_rejected_at_parting": round(statistics.mean(got["share"]), 4)} for name, got in found.items()]
+
+
 def check_dev(run):
     """The pre-registered check on dev, before any test split: SFT leaves room to learn. Exit 1 when it does not."""
     experts = {r["task_id"]: r for r in read_jsonl(os.path.join(run, "eval", "expert.dev.jsonl"))}
@@ -93,6 +161,8 @@ def main():
     parser.add_argument("--collect", metavar="FOLDER", help="write FOLDER/price.jsonl and FOLDER/attribute.jsonl")
     parser.add_argument("--price", nargs="*", default=[], metavar="RUN", help="loop runs on --env shop")
     parser.add_argument("--attribute", nargs="*", default=[], metavar="RUN", help="loop runs on --env shop:cue=attribute")
+    parser.add_argument("--mechanism", action="store_true", help="also write FOLDER/mechanism.jsonl: the implicit "
+                                                                  "rewards of iteration 1's pairs under ETO and the control")
     args = parser.parse_args()
     if args.check_dev:
         sys.exit(0 if check_dev(args.check_dev) else 1)
@@ -103,6 +173,11 @@ def main():
         if rows:
             write_jsonl(os.path.join(args.collect, f"{cue}.jsonl"), rows)
             print(json.dumps({"stage": "cue-collect", "cue": cue, "runs": len(runs), "rows": len(rows)}))
+    if args.mechanism:
+        rows = [row for cue, runs in (("price", args.price), ("attribute", args.attribute)) for run in runs
+                for row in mechanism_rows(run, cue)]
+        write_jsonl(os.path.join(args.collect, "mechanism.jsonl"), rows)
+        print(json.dumps({"stage": "cue-mechanism", "rows": len(rows)}))
 
 
 if __name__ == "__main__":
