@@ -125,20 +125,6 @@ def accumulate_step(model, examples, step_indices, reference, objective, ranks, 
     return metrics.total(ranks)
 
 
-def replay_step(model, replayed, indices, replay_weight, split, device, precision="none"):
-    """Backward of replay_weight x the mean NLL per agent token over one step's expert trajectories (whole
-    trajectories, every agent turn, as sft.py trains them), pass by pass; returns that NLL."""
-    tokens = sum(sum(replayed[i][1][1:]) for i in indices)  # the targets sequence_logps counts
-    total = 0.0
-    for micro in split(indices):
-        with autocast(device, precision):
-            logps, _ = sequence_logps(model, [replayed[i] for i in micro], device)
-        loss = -logps.sum() / tokens
-        (replay_weight * loss).backward()  # --replay runs in one process
-        total += loss.item()
-    return total
-
-
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     # the paper's settings for a 7B model: beta 0.1, lr 1e-6, batch 32, 3 epochs
@@ -159,17 +145,16 @@ def build_parser():
                         "to the loss; with --dpo-weight 0 it is the control (no preference signal)")
     beyond.add_argument("--dpo-weight", type=float, default=1.0, help="scale of the preference term")
     beyond.add_argument("--average-logps", action="store_true", help="mean instead of sum of token log-probs")
-    beyond.add_argument("--replay", help="expert trajectories JSONL: each step also trains NLL on a batch of them "
-                                         "(cycled), so the expert's whole distribution is kept, not only the chosen turns")
-    beyond.add_argument("--replay-weight", type=float, default=1.0, help="scale of the replay NLL (per token)")
     add_memory_flags(parser, "pairs (both sides)", micro_batch_size=8, token_budget_default="0 under 50M parameters, else 4096")
     add_system_flags(parser)
     return parser
 
 
-def main(preference_loss=dpo_loss, parser=None):
-    """Train on the pairs. A study of another loss passes it (the same four tensors and beta in, the same
-    three tensors out) and its parser, dpo.py's with its own flags added: research/preference_losses.py."""
+def main(preference_loss=dpo_loss, parser=None, extra_term=None):
+    """Train on the pairs. A study passes its parser (dpo.py's with its own flags added) and one of: another
+    loss (the same four tensors and beta in, the same three tensors out: research/preference_losses.py), or
+    an extra term, extra_term(args, model, tokenizer, ranks) -> step(model, step_number) -> {metric: value},
+    called once the model is loaded, its step after each step's backward (research/replay.py)."""
     args = (parser or build_parser()).parse_args()
     check_batch_sizes(args.batch_size, args.micro_batch_size)
     objective = Objective(args.beta, args.dpo_weight, args.sft_weight, args.average_logps, preference_loss)
@@ -179,9 +164,6 @@ def main(preference_loss=dpo_loss, parser=None):
     args.device = ranks.device
     set_seed(args.seed)
     pairs = read_jsonl(args.pairs, ("prompt", "chosen", "rejected"), check_pair)  # before loading any model
-    replay_records = read_jsonl(args.replay, ("messages",)) if args.replay else []
-    if replay_records and ranks.world > 1:
-        raise InputError("--replay runs in one process (not under torchrun)")
     model, tokenizer = load_model(args.model, args.device, args.dtype)
     model.eval()  # dropout off, for the reference pass and every training pass alike
     if args.token_budget is None:  # recorded in args.json as used
@@ -191,12 +173,7 @@ def main(preference_loss=dpo_loss, parser=None):
         [tokenize_pair(tokenizer, pair) for pair in tqdm(pairs, desc="tokenize", leave=False)], args.max_length)
     if not examples:
         raise InputError(f"{args.pairs}: no pair keeps a trainable token on both sides at --max-length {args.max_length}")
-    replayed = [tokenize_conversation(tokenizer, r["messages"], args.max_length) for r in replay_records]
-    replayed = [(ids, mask) for ids, mask in replayed if sum(mask[1:])]  # whole expert trajectories, as sft.py
-    if args.replay and not replayed:
-        raise InputError(f"{args.replay}: no trajectory keeps an agent token to replay at --max-length {args.max_length}")
-    replay_order = list(range(len(replayed)))
-    random.Random(args.seed + 1).shuffle(replay_order)  # replayed in this order, cycled
+    extra_step = extra_term(args, model, tokenizer, ranks) if extra_term else None
     reference = reference_logps(model, examples, args.device, args.average_logps, precision=args.autocast)
     if args.gradient_checkpointing:
         checkpoint_activations(model, dropout=False)  # train mode (which checkpointing needs), dropout still off
@@ -204,9 +181,6 @@ def main(preference_loss=dpo_loss, parser=None):
     def split_pairs(indices):  # both sides' activations live until backward: a pair costs twice its longer side
         return micro_batches(indices, args.micro_batch_size, args.token_budget,
                              length=lambda i: 2 * max(len(examples[i][0]), len(examples[i][2])))
-
-    def split_replayed(indices):
-        return micro_batches(indices, args.micro_batch_size, args.token_budget, length=lambda i: len(replayed[i][0]))
 
     rng = random.Random(args.seed)
     total_steps = math.ceil(len(examples) / args.batch_size) * args.epochs
@@ -225,11 +199,8 @@ def main(preference_loss=dpo_loss, parser=None):
         for start in range(0, len(order), args.batch_size):
             metrics = accumulate_step(trained, examples, order[start:start + args.batch_size], reference, objective,
                                       ranks, split_pairs, args.autocast)
-            if replayed:  # the next batch of expert trajectories, cycling through a fixed shuffle
-                at = len(history) * args.batch_size
-                batch = [replay_order[(at + k) % len(replayed)] for k in range(args.batch_size)]
-                metrics["nll/replay"] = replay_step(trained, replayed, batch, args.replay_weight, split_replayed,
-                                                    args.device, args.autocast)
+            if extra_step:  # a study's term, its gradient added to this step's
+                metrics.update(extra_step(trained, len(history)))
             stop_if_diverged(metrics["loss"], model, tokenizer, args.out, {"args": vars(args), "history": history},
                              f"epoch {epoch} step {len(history) + 1}", save=ranks.main and not args.fsdp)
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)

@@ -26,7 +26,8 @@ def available_cores():
 
 
 
-MODEL_STAGES = ("sft.py", "dpo.py", "research/preference_losses.py")  # a save_pretrained folder; others a JSONL file
+DPO_STUDIES = ("research/preference_losses.py", "research/replay.py")  # dpo.py's loop with a study's loss or term
+MODEL_STAGES = ("sft.py", "dpo.py", *DPO_STUDIES)  # these write a save_pretrained folder; the others a JSONL file
 TORCH_STAGES = ("explore.py", "sft.py", "dpo.py", "research/preference_losses.py")  # with --procs N: under torchrun
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the stages sit one folder up, wherever the loop runs from
 

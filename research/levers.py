@@ -52,6 +52,13 @@ LEVERS = {
 EXPLORATIONS = {"greedy": [], "sampled4": ["--samples", "4", "--temperature", "1"]}
 
 
+def study_trainer(flags):
+    """The script a lever's DPO flags need: dpo.py's loop with another loss or with expert replay, else dpo.py."""
+    if "--loss" in flags:
+        return "research/preference_losses.py"
+    return "research/replay.py" if "--replay" in flags else "dpo.py"
+
+
 def dev_row(args, seed_run, name, model, seed, kind, lever):
     out = os.path.join(seed_run, "dev", f"{name}.jsonl")
     run_stage("explore.py", out, "--env", args.env, "--split", "dev", "--model", model, "--seed", str(seed),
@@ -111,11 +118,11 @@ def lever_rows(args, seed_run, seed, lever, iteration=1):
     base = ["--lr", str(variant["lr"]), "--beta", str(variant["beta"]), "--epochs", str(RECIPES["full"]["dpo_epochs"]),
             "--sft-weight", str(variant["sft_weight"]), "--seed", str(seed)]
     model = os.path.join(seed_run, "levers", name)
-    trainer = "research/preference_losses.py" if "--loss" in flags else "dpo.py"  # another loss: dpo.py's loop, its loss
+    trainer = study_trainer(flags + shared)
     run_stage(trainer, model, "--model", policy, "--pairs", pairs, *base, *flags, *shared)
     # the control: the same chosen turns, the same steps, NLL only
     control = os.path.join(seed_run, "levers", control_name)
-    run_stage("dpo.py", control, "--model", control_from, "--pairs", pairs, *base, *shared, "--dpo-weight", "0",
+    run_stage(study_trainer(shared), control, "--model", control_from, "--pairs", pairs, *base, *shared, "--dpo-weight", "0",
               "--sft-weight", "1")
     return [{**dev_row(args, seed_run, name, model, seed, "eto", lever), "pairs": summary["pairs"],
              "iteration": iteration, **item_pair_counts(read_jsonl(pairs, ("prompt", "chosen", "rejected")))},

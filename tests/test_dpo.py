@@ -9,6 +9,7 @@ import torch
 import dpo
 from common import InputError, micro_batches, sequence_logps
 from dpo import Objective, accumulate_step, dpo_loss, tokenize_pair
+from research import replay
 from research.preference_losses import chosen_loss, conservative_dpo_loss, dpop_loss, hinge_loss, ipo_loss
 from plumbing.ranks import Ranks
 from pairs import make_pairs
@@ -125,10 +126,10 @@ def tiny_model_and_pairs(tmp_path, dropout=0.0, n_tasks=8):
     return model, tokenizer, pairs
 
 
-def run_dpo(tmp_path, monkeypatch, *flags):
+def run_dpo(tmp_path, monkeypatch, *flags, main=dpo.main):
     monkeypatch.setattr(sys, "argv", ["dpo.py", "--model", str(tmp_path / "model"), "--pairs", str(tmp_path / "pairs.jsonl"),
                                       "--out", str(tmp_path / "out"), "--device", "cpu", *flags])
-    dpo.main()
+    main()
     return json.loads((tmp_path / "out" / "args.json").read_text())["history"]
 
 
@@ -232,7 +233,7 @@ def test_a_zero_micro_batch_is_one_line_not_a_division_by_zero(tmp_path, monkeyp
 
 
 def test_replay_is_the_mean_nll_per_agent_token_however_it_is_split(tmp_path, monkeypatch):
-    """--replay: the step's extra term is replay_weight x (-sum log p / number) over the agent tokens of
+    """research/replay.py: the step's extra term is replay_weight x (-sum log p / number) over the agent tokens of
     whole expert trajectories, computed here from the logits by hand; micro-batches do not change it."""
     model, tokenizer, _ = tiny_model_and_pairs(tmp_path)
     trajectories = [record(f"t{i}", 1.0, ["search[red shoes]", "click[buy now]"][:1 + i % 2]) for i in range(5)]
@@ -240,7 +241,7 @@ def test_replay_is_the_mean_nll_per_agent_token_however_it_is_split(tmp_path, mo
     results = []
     for micro in (5, 2):
         model.zero_grad(set_to_none=True)
-        nll = dpo.replay_step(model, replayed, list(range(5)), 0.5, lambda indices: micro_batches(indices, micro), "cpu")
+        nll = replay.replay_step(model, replayed, list(range(5)), 0.5, lambda indices: micro_batches(indices, micro), "cpu")
         results.append((nll, gradients(model)))
     total, tokens = 0.0, 0
     with torch.no_grad():
@@ -253,7 +254,7 @@ def test_replay_is_the_mean_nll_per_agent_token_however_it_is_split(tmp_path, mo
     assert torch.allclose(results[0][1], results[1][1], atol=1e-6) and results[0][1].abs().sum() > 0
     (tmp_path / "expert.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trajectories))
     history = run_dpo(tmp_path, monkeypatch, "--replay", str(tmp_path / "expert.jsonl"), "--epochs", "1",
-                      "--batch-size", "4", "--micro-batch-size", "2", "--lr", "1e-3")
+                      "--batch-size", "4", "--micro-batch-size", "2", "--lr", "1e-3", main=replay.main)
     assert all(step["nll/replay"] > 0 for step in history)
 
 
@@ -262,5 +263,5 @@ def test_a_replay_file_without_agent_tokens_is_one_clear_error(tmp_path, monkeyp
     empty = {"messages": [{"role": "system", "content": "shop"}, {"role": "user", "content": "Instruction: socks"}]}
     (tmp_path / "expert.jsonl").write_text(json.dumps(empty) + "\n")
     with pytest.raises(InputError, match="no trajectory keeps an agent token to replay"):
-        run_dpo(tmp_path, monkeypatch, "--replay", str(tmp_path / "expert.jsonl"))
+        run_dpo(tmp_path, monkeypatch, "--replay", str(tmp_path / "expert.jsonl"), main=replay.main)
     assert not (tmp_path / "out").exists()
