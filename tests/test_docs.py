@@ -166,3 +166,42 @@ def test_no_sentence_runs_over_40_words(path):
         long = [s for s in prose_sentences(open(name, encoding="utf-8").read()) if len(s.split()) > 40]
         assert long == [], f"{os.path.relpath(name, ROOT)}: a sentence of {len(long[0].split())} words: {long[0][:80]!r}"
     assert [len(s.split()) for s in prose_sentences("One two. Three `a b c` four.\n\n    code here. More.\n")] == [2, 3]
+
+
+FIGURE = re.compile(r"(?<![\w.\-/:])(\d+(?:\.\d+)? ?(?:s|seconds|minutes|min|hours)\b|\d+(?:\.\d+)? ?%|\d+\.\d+)")
+# a figure right after one of these is a setting, a version or a scale, not a measurement
+SETTING = re.compile(r"(β|beta|\blr\b|learning rate|Python|transformers|torch|version|reward|≥|§|arXiv|\$|clip|"
+                     r"temperature|ε|the paper|authors' script|at least|warm-up|arXiv:|default|at random)[^.;:]{0,12}$", re.I)
+
+
+def figure_sentences(text):
+    """Each prose sentence (code blocks, indented blocks, tables and generated tables left out) with the
+    measured-looking figures in it: decimals, percentages, durations; quoted examples left out."""
+    kept, generated, fence = [], False, False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        elif line.startswith("<!-- table:"):
+            generated = True
+        elif line.startswith("<!-- /table:"):
+            generated = False
+        elif not (fence or generated or line.startswith(("    ", "|", "<!--"))):
+            kept.append(line)
+            continue
+        kept.append("")
+    for paragraph in re.split(r"\n\s*\n|\n(?=\s*(?:[-*]|\d+\.|#) )", "\n".join(kept)):
+        for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z*(\[`])", " ".join(paragraph.split())):
+            bare = re.sub(r'"[^"]*"|`[^`]*`', "X", sentence)
+            figures = [m for m in FIGURE.finditer(bare) if not SETTING.search(bare[:m.start()])]
+            if figures:
+                yield sentence, [m.group(0) for m in figures]
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_a_measured_figure_in_prose_names_the_file_it_comes_from(path):
+    """Outside the generated tables, a sentence that reports a measurement (a decimal, a percentage, a time)
+    names the results file behind it; settings, versions and the reward scale are not measurements."""
+    for name in glob.glob(os.path.join(ROOT, path)):
+        for sentence, figures in figure_sentences(open(name, encoding="utf-8").read()):
+            assert "results/" in sentence, f"{os.path.relpath(name, ROOT)}: {figures} with no results file: {sentence[:120]!r}"
+    assert list(figure_sentences("It took 6.6 minutes. At lr 0.1 it ran.\n")) == [("It took 6.6 minutes.", ["6.6 minutes"])]
