@@ -28,13 +28,12 @@ import sys
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, HERE)  # the stages live one folder up
-from common import InputError, format_table, read_jsonl, run_main, write_jsonl  # noqa: E402
+from common import EVAL_SPLITS, InputError, format_table, read_jsonl, run_main, write_jsonl  # noqa: E402
 
 PAGES = ("README.md", "docs/*.md", "exercises/*.md", "research/README.md")
 NAMES = {"sft": "SFT", "eto-1": "ETO", "sft-continued-1": "control: NLL on ETO's chosen side",
          "eto-divergence-nll-1": "divergence pairs + NLL (`--variants divergence-nll`)",
          "online-rl": "online RL (`research/online_rl.py`)", "best-of-4": "Best-of-4 (the best of 4 samples by the env's reward)", "online-rl-long": "online RL, 4000 episodes", "rft": "RFT (`research/experiments.py --methods rft`)", "eto-2": "ETO, iteration 2", "sft-continued-2": "control, iteration 2"}
-SPLIT_ORDER = ("dev", "test_seen", "test_unseen")
 
 
 # ---- collecting a run's small files ---------------------------------------------------------------
@@ -168,7 +167,7 @@ def ran(by_seed, stages):
 def seeds_table(folder, stages):
     """Mean ± std over seeds of reward (and success) per split, then each seed's reward."""
     by_seed = seed_rows(folder)
-    splits = [s for s in SPLIT_ORDER if any(value(rows, stages[0], s) is not None for rows in by_seed.values())]
+    splits = [s for s in EVAL_SPLITS if any(value(rows, stages[0], s) is not None for rows in by_seed.values())]
     head = "| model | " + " | ".join(f"{s} reward | {s} success" for s in splits) + " | " + \
         " | ".join(f"{s} reward, seeds {', '.join(map(str, by_seed))}" for s in splits) + " |"
     lines = [head, "|" + "---|" * (1 + 3 * len(splits))]
@@ -188,17 +187,17 @@ def seeds_table(folder, stages):
 def short_seeds_table(folder, stages):
     """Reward per split, mean ± std over seeds: the README's table."""
     by_seed = seed_rows(folder)
-    lines = ["| method | " + " | ".join(f"{s} reward" for s in SPLIT_ORDER) + " |", "|---|" + "---|" * len(SPLIT_ORDER)]
+    lines = ["| method | " + " | ".join(f"{s} reward" for s in EVAL_SPLITS) + " |", "|---|" + "---|" * len(EVAL_SPLITS)]
     for stage in ran(by_seed, stages):
         cells = []
-        for split in SPLIT_ORDER:
+        for split in EVAL_SPLITS:
             got = [value(rows, stage, split) for rows in by_seed.values()]
             cells.append(mean_std(got) if None not in got else "–")
         lines.append(f"| {NAMES.get(stage, stage)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def differences(folder, first, second, splits=SPLIT_ORDER):
+def differences(folder, first, second, splits=EVAL_SPLITS):
     """'first − second' per split over seeds: mean ± std of the per-seed differences, and each seed's."""
     by_seed = seed_rows(folder)
     parts = []
