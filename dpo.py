@@ -31,6 +31,9 @@ from common import (GRAD_CLIP, PAPER, HelpFormatter, InputError, add_memory_flag
 from plumbing.ranks import Ranks
 
 
+# flags of the studies built on dpo.py's loop: typed here, they name the script that has them
+MOVED_FLAGS = ((("--loss", "--label-smoothing", "--dpop-lambda"), "research/preference_losses.py"),
+               (("--replay", "--replay-weight"), "research/replay.py"))
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected",
            "nll/chosen")
 
@@ -155,7 +158,14 @@ def main(preference_loss=dpo_loss, parser=None, extra_term=None):
     loss (the same four tensors and beta in, the same three tensors out: research/preference_losses.py), or
     an extra term, extra_term(args, model, tokenizer, ranks) -> step(model, step_number) -> {metric: value},
     called once the model is loaded, its step after each step's backward (research/replay.py)."""
-    args = (parser or build_parser()).parse_args()
+    parser = parser or build_parser()
+    args, unknown = parser.parse_known_args()
+    if unknown:  # a study's flag names its script; anything else is argparse's usual error
+        moved = [(flag, study) for flag in unknown for flags, study in MOVED_FLAGS if flag.split("=")[0] in flags]
+        if moved:
+            raise InputError(f"{moved[0][0].split('=')[0]}: a study beyond the paper; run {moved[0][1]} (dpo.py's "
+                             f"loop, every dpo.py flag and its own)")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     check_batch_sizes(args.batch_size, args.micro_batch_size)
     objective = Objective(args.beta, args.dpo_weight, args.sft_weight, args.average_logps, preference_loss)
 

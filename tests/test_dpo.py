@@ -265,3 +265,10 @@ def test_a_replay_file_without_agent_tokens_is_one_clear_error(tmp_path, monkeyp
     with pytest.raises(InputError, match="no trajectory keeps an agent token to replay"):
         run_dpo(tmp_path, monkeypatch, "--replay", str(tmp_path / "expert.jsonl"), main=replay.main)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag, study", [("--loss", "research/preference_losses.py"), ("--label-smoothing", "research/preference_losses.py"),
+                                         ("--replay", "research/replay.py")])
+def test_a_studys_flag_given_to_dpo_py_names_the_script_that_has_it(tmp_path, monkeypatch, flag, study):
+    with pytest.raises(InputError, match=f"{flag}: a study beyond the paper; run {study}"):
+        run_dpo(tmp_path, monkeypatch, flag, "x")
