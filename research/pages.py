@@ -666,6 +666,30 @@ def cue_behaviour(cue, split="test_unseen"):
     return "\n".join(lines)
 
 
+def cue_mechanism():
+    """What the pairs moved, per cue and model (results/cue-study/mechanism.jsonl): the implicit reward at the
+    turn where a pair's sides part, chosen and rejected, the mean of the rejected side's later turns, and the
+    share of the rejected side's moved log-prob that sits on the parting turn; mean ± std over seeds."""
+    rows = read_jsonl(os.path.join(HERE, "results", "cue-study", "mechanism.jsonl"), ("cue", "model", "seed"))
+    lines = ["| cue | model | pairs parting at a result click | chosen turn at the parting | rejected turn at the parting "
+             "| a later rejected turn | share of the rejected side's change at the parting |", "|---|---|---|---|---|---|---|"]
+    for cue in ("price", "attribute"):
+        for model in ("ETO", "control"):
+            found = sorted((r for r in rows if r["cue"] == cue and r["model"] == model), key=lambda r: r["seed"])
+            if not found:
+                continue
+            clicks = sum(r["parting_at_an_item_click"] for r in found) / sum(r["pairs"] for r in found)
+
+            def cell(key, scale=1.0, digits=3):
+                values = [scale * r[key] for r in found]
+                return (f"{statistics.mean(values):+.{digits}f} ± {statistics.pstdev(values):.{digits}f}" if scale == 1.0
+                        else f"{statistics.mean(values):.0f}% ± {statistics.pstdev(values):.0f}")
+            lines.append(f"| {cue} | {model} | {100 * clicks:.0f}% | {cell('chosen_at_parting')} | "
+                         f"{cell('rejected_at_parting')} | {cell('rejected_later_turn')} | "
+                         f"{cell('share_of_rejected_at_parting', 100.0)} |")
+    return "\n".join(lines)
+
+
 def cue_verdict():
     """One sentence per cue: where ETO stands against its control on test_unseen, by the pre-registered rule."""
     parts = []
@@ -726,6 +750,7 @@ TABLES = {
     "cue-price-behaviour": lambda: cue_behaviour("price"),
     "cue-attribute-behaviour": lambda: cue_behaviour("attribute"),
     "cue-verdict": cue_verdict,
+    "cue-mechanism": cue_mechanism,
     "default-ranges": lambda: seed_ranges(DEFAULT, MAIN_STAGES),
     "default-eto-minus-sft-tests": lambda: differences(DEFAULT, "eto-1", "sft", ("test_seen", "test_unseen")),
     "default-eto-minus-control-tests": lambda: differences(DEFAULT, "eto-1", "sft-continued-1", ("test_seen", "test_unseen")),
