@@ -6,6 +6,7 @@ results/cue-study/PREREGISTRATION.md (hypothesis, settings, seeds, decision rule
     python research/cue_study.py --check-dev runs/cue/seed0    # the dev check, before any test split
     python research/cue_study.py --collect results/cue-study --price runs/default runs/seed1 runs/seed2 \
         --attribute runs/cue/seed0 runs/cue/seed1 runs/cue/seed2 --mechanism   # and what the pairs moved
+                                               # (--mechanism RUN ...: only these runs)
 
 Per model and split, beside reward and success, the behaviour the cue is about, from the episodes: how often
 the first result opened is the one the expert opens (the right one), and how often it is `item 1` on the
@@ -161,8 +162,9 @@ def main():
     parser.add_argument("--collect", metavar="FOLDER", help="write FOLDER/price.jsonl and FOLDER/attribute.jsonl")
     parser.add_argument("--price", nargs="*", default=[], metavar="RUN", help="loop runs on --env shop")
     parser.add_argument("--attribute", nargs="*", default=[], metavar="RUN", help="loop runs on --env shop:cue=attribute")
-    parser.add_argument("--mechanism", action="store_true", help="also write FOLDER/mechanism.jsonl: the implicit "
-                                                                  "rewards of iteration 1's pairs under ETO and the control")
+    parser.add_argument("--mechanism", nargs="*", default=None, metavar="RUN",
+                        help="also write FOLDER/mechanism.jsonl: the implicit rewards of iteration 1's pairs under ETO "
+                             "and the control, for these runs (none named: every --price and --attribute run)")
     args = parser.parse_args()
     if args.check_dev:
         sys.exit(0 if check_dev(args.check_dev) else 1)
@@ -173,9 +175,12 @@ def main():
         if rows:
             write_jsonl(os.path.join(args.collect, f"{cue}.jsonl"), rows)
             print(json.dumps({"stage": "cue-collect", "cue": cue, "runs": len(runs), "rows": len(rows)}))
-    if args.mechanism:
-        rows = [row for cue, runs in (("price", args.price), ("attribute", args.attribute)) for run in runs
-                for row in mechanism_rows(run, cue)]
+    if args.mechanism is not None:
+        cues = {run: cue for cue, runs in (("price", args.price), ("attribute", args.attribute)) for run in runs}
+        unknown = [run for run in args.mechanism if run not in cues]
+        if unknown:
+            raise InputError(f"--mechanism {unknown[0]}: name it under --price or --attribute too")
+        rows = [row for run in (args.mechanism or list(cues)) for row in mechanism_rows(run, cues[run])]
         write_jsonl(os.path.join(args.collect, "mechanism.jsonl"), rows)
         print(json.dumps({"stage": "cue-mechanism", "rows": len(rows)}))
 

@@ -671,8 +671,9 @@ def cue_mechanism():
     turn where a pair's sides part, chosen and rejected, the mean of the rejected side's later turns, and the
     share of the rejected side's moved log-prob that sits on the parting turn; mean ± std over seeds."""
     rows = read_jsonl(os.path.join(HERE, "results", "cue-study", "mechanism.jsonl"), ("cue", "model", "seed"))
-    lines = ["| cue | model | pairs parting at a result click | chosen turn at the parting | rejected turn at the parting "
-             "| a later rejected turn | share of the rejected side's change at the parting |", "|---|---|---|---|---|---|---|"]
+    lines = ["| cue | model | seeds | pairs parting at a result click | chosen turn at the parting | rejected turn at the "
+             "parting | a later rejected turn | share of the rejected side's change at the parting |",
+             "|---|---|---|---|---|---|---|---|"]
     for cue in ("price", "attribute"):
         for model in ("ETO", "control"):
             found = sorted((r for r in rows if r["cue"] == cue and r["model"] == model), key=lambda r: r["seed"])
@@ -680,13 +681,16 @@ def cue_mechanism():
                 continue
             clicks = sum(r["parting_at_an_item_click"] for r in found) / sum(r["pairs"] for r in found)
 
-            def cell(key, scale=1.0, digits=3):
-                values = [scale * r[key] for r in found]
-                return (f"{statistics.mean(values):+.{digits}f} ± {statistics.pstdev(values):.{digits}f}" if scale == 1.0
-                        else f"{statistics.mean(values):.0f}% ± {statistics.pstdev(values):.0f}")
-            lines.append(f"| {cue} | {model} | {100 * clicks:.0f}% | {cell('chosen_at_parting')} | "
+            def cell(key, percent=False):
+                values = [(100 if percent else 1) * r[key] for r in found]
+                shown = f"{statistics.mean(values):.0f}%" if percent else f"{statistics.mean(values):+.3f}"
+                if len(values) > 1:
+                    shown += f" ± {statistics.pstdev(values):.0f}" if percent else f" ± {statistics.pstdev(values):.3f}"
+                return shown
+            lines.append(f"| {cue} | {model} | {', '.join(str(r['seed']) for r in found)} | {100 * clicks:.0f}% | "
+                         f"{cell('chosen_at_parting')} | "
                          f"{cell('rejected_at_parting')} | {cell('rejected_later_turn')} | "
-                         f"{cell('share_of_rejected_at_parting', 100.0)} |")
+                         f"{cell('share_of_rejected_at_parting', percent=True)} |")
     return "\n".join(lines)
 
 
