@@ -140,9 +140,9 @@ def test_the_reports_picture_is_captioned_with_the_run_it_shows():
         " ".join(caption.split())
 
 
-def prose_sentences(text):
-    """The sentences of a page's prose: code blocks, indented blocks, tables and generated tables left out,
-    inline code and link targets counted as one word."""
+def prose_paragraphs(text):
+    """A page's prose, paragraph by paragraph (a list item is a paragraph): code blocks, indented blocks,
+    tables and generated tables left out."""
     kept, generated, fence = [], False, False
     for line in text.splitlines():
         if line.startswith("```"):
@@ -155,8 +155,13 @@ def prose_sentences(text):
             kept.append(line)
             continue
         kept.append("")
-    text = re.sub(r"\]\([^)]*\)", "]", re.sub(r"`[^`]*`", "CODE", "\n".join(kept)))
-    for paragraph in re.split(r"\n\s*\n|\n(?=\s*(?:[-*]|\d+\.|#) )", text):
+    return re.split(r"\n\s*\n|\n(?=\s*(?:[-*]|\d+\.|#) )", "\n".join(kept))
+
+
+def prose_sentences(text):
+    """The sentences of a page's prose, inline code and link targets counted as one word."""
+    for paragraph in prose_paragraphs(text):
+        paragraph = re.sub(r"\]\([^)]*\)", "]", re.sub(r"`[^`]*`", "CODE", paragraph))
         yield from (s for s in re.split(r"(?<=[.!?])\s+(?=[A-Z*(\[])", " ".join(paragraph.split())) if s)
 
 
@@ -175,21 +180,9 @@ SETTING = re.compile(r"(β|beta|\blr\b|learning rate|Python|transformers|torch|v
 
 
 def figure_sentences(text):
-    """Each prose sentence (code blocks, indented blocks, tables and generated tables left out) with the
-    measured-looking figures in it: decimals, percentages, durations; quoted examples left out."""
-    kept, generated, fence = [], False, False
-    for line in text.splitlines():
-        if line.startswith("```"):
-            fence = not fence
-        elif line.startswith("<!-- table:"):
-            generated = True
-        elif line.startswith("<!-- /table:"):
-            generated = False
-        elif not (fence or generated or line.startswith(("    ", "|", "<!--"))):
-            kept.append(line)
-            continue
-        kept.append("")
-    for paragraph in re.split(r"\n\s*\n|\n(?=\s*(?:[-*]|\d+\.|#) )", "\n".join(kept)):
+    """Each prose sentence with the measured-looking figures in it (decimals, percentages, durations),
+    quoted examples and inline code left out."""
+    for paragraph in prose_paragraphs(text):
         for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z*(\[`])", " ".join(paragraph.split())):
             bare = re.sub(r'"[^"]*"|`[^`]*`', "X", sentence)
             figures = [m for m in FIGURE.finditer(bare) if not SETTING.search(bare[:m.start()])]
