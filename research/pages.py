@@ -661,7 +661,8 @@ def cue_behaviour(cue, split="test_unseen"):
     for model in CUE_MODELS:
         found = sorted((r for r in rows if r["model"] == model and r["split"] == split), key=lambda r: r["seed"])
         if found:
-            lines.append(f"| {model} | " + " | ".join(mean_std([r[key] for r in found]) for key in
+            seeds = f" (seed{'s' if len(found) > 1 else ''} {', '.join(str(r['seed']) for r in found)})"
+            lines.append(f"| {model}{seeds} | " + " | ".join(mean_std([r[key] for r in found]) for key in
                                                         ("avg_reward", "right_first", "item_1_when_wrong")) + " |")
     return "\n".join(lines)
 
