@@ -2,7 +2,7 @@
 # The cue study (results/cue-study/PREREGISTRATION.md): on the attribute cue, per seed, the loop with dev and
 # both tests, then online RL and RFT from the same SFT model; the dev check on seed 0 comes first and stops
 # everything if SFT leaves no room to learn. The price cue's runs are the default table's
-# (research/default_seeds.sh). About 25 minutes a seed alone on 2 CPU cores.
+# (research/default_seeds.sh).
 #   bash research/cue_study.sh [SEEDS]        # default: 0 1 2, in runs/cue/seedS
 set -euo pipefail
 cd "$(dirname "$0")/.."
