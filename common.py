@@ -29,8 +29,8 @@ PAPER = {"pair_level": "trajectory", "beta": 0.1, "sft_weight": 0.0, "dpo_lr": 1
 # lr, epochs and batch, and how many train tasks are explored. "lecture", the default (its time on 2 cores is
 # in the README), and "full" (4 layers, more SFT epochs, every train task; longer).
 RECIPES = {
-    "lecture": {**PAPER, "tiny_layers": 2, "sft_epochs": 6, "sft_batch_size": 4, "sft_lr": 5e-3,
-                "sft_warmup_ratio": 0.1, "explore_limit": 500, "dpo_lr": 3e-5, "dpo_epochs": 1, "dpo_batch_size": 8,
+    "lecture": {**PAPER, "tiny_layers": 2, "sft_epochs": 6, "sft_batch_size": 4, "sft_lr": 3e-3,
+                "sft_warmup_ratio": 0.03, "explore_limit": 500, "dpo_lr": 3e-5, "dpo_epochs": 1, "dpo_batch_size": 8,
                 "rollout_batch_size": 200, "jobs": 2},
     "full": {**PAPER, "tiny_layers": 4, "sft_epochs": 10, "sft_batch_size": 16, "sft_lr": 3e-3,
              "sft_warmup_ratio": None, "dpo_lr": 3e-5, "dpo_epochs": 2, "rollout_batch_size": 200},

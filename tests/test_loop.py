@@ -199,7 +199,7 @@ def test_the_stages_get_the_defaults_that_fit_the_model_and_a_given_flag_wins():
     assert stage(tiny, "pairs.py", "r/iter1/pairs.jsonl") == (
         "python pairs.py --explored r/iter1/explore.jsonl --expert r/expert.jsonl --level trajectory "
         "--out r/iter1/pairs.jsonl")
-    assert " --tiny-layers 2 --epochs 6 --lr 0.005 --batch-size 4 --warmup-ratio 0.1 " in stage(tiny, "sft.py", "r/sft")
+    assert " --tiny-layers 2 --epochs 6 --lr 0.003 --batch-size 4 --warmup-ratio 0.03 " in stage(tiny, "sft.py", "r/sft")
     assert " --samples 1 --limit 500 --seed 0 --batch-size 200 " in stage(tiny, "explore.py", "r/iter1/explore.jsonl")
     eto = stage(tiny, "dpo.py", "r/iter1/model")
     assert eto.startswith(f"python dpo.py --model r/sft --pairs r/iter1/pairs.jsonl --lr {TINY_LR} --beta {TINY_BETA} ")
