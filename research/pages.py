@@ -436,8 +436,8 @@ def arithmetic_verdict(name):
     relation = "no larger than" if over_arithmetic <= over_seeds else "larger than"
     rewards = [r["dev_reward"] for r in rows]
     return (f"Over {len({r['perturbation'] for r in rows})} arithmetic settings × {len({r['seed'] for r in rows})} "
-            f"seeds, the lecture recipe's spread over arithmetic ({over_arithmetic:.1f}) is {relation} its spread "
-            f"over seeds ({over_seeds:.1f}); its dev reward runs from {min(rewards):.1f} to {max(rewards):.1f}.")
+            f"seeds, the lecture recipe's spread over arithmetic ({over_arithmetic:.2f}) is {relation} its spread "
+            f"over seeds ({over_seeds:.2f}); its dev reward runs from {min(rewards):.1f} to {max(rewards):.1f}.")
 
 
 def arithmetic_curves(names, seed=0):
@@ -622,7 +622,9 @@ def seed_ranges(folder, stages, splits=("test_seen", "test_unseen")):
     return "\n".join(lines)
 
 
-CUE_FOLDERS = {"price": DEFAULT, "attribute": "results/cue-study/attribute"}  # the price cue is the default shop
+# the cue study ran with the SFT settings it was pre-registered with (lr 5e-3, warm-up over a tenth of the steps):
+# the price cue's rows are the default shop's 3 seeds under them (research/cue_study.sh)
+CUE_FOLDERS = {"price": "results/lecture-lr5e-3", "attribute": "results/cue-study/attribute"}
 CUE_STAGES = ["sft", "eto-1", "sft-continued-1", "rft", "online-rl"]
 CUE_MODELS = ["SFT", "ETO", "control", "RFT", "online RL"]  # research/cue_study.py's names of the same models
 
@@ -728,10 +730,11 @@ TABLES = {
     "default-seed1-printed": lambda: printed_table(DEFAULT, seed=1),
     "kernels": kernels_table,
     "arithmetic-lecture": lambda: arithmetic_table("lecture"),
-    "arithmetic-summary": lambda: arithmetic_summary(["lecture", "lr3e-3-5-epochs", "lr3e-3-7-epochs"]),
+    "arithmetic-lr5e-3": lambda: arithmetic_table("lr5e-3-wu0.1"),
+    "arithmetic-summary": lambda: arithmetic_summary(["lecture", "lr5e-3-wu0.1", "lr3e-3-5-epochs", "lr3e-3-7-epochs"]),
     "arithmetic-range": lambda: arithmetic_range("lecture"),
     "arithmetic-verdict": lambda: arithmetic_verdict("lecture"),
-    "arithmetic-curves": lambda: arithmetic_curves(["lr3e-3-5-epochs", "lecture"]),
+    "arithmetic-curves": lambda: arithmetic_curves(["lr5e-3-wu0.1", "lecture"]),
     "default-rl-curve": lambda: rl_curve(DEFAULT, "rl-log.jsonl"),
     "default-variant-minus-eto": lambda: differences(DEFAULT, "eto-divergence-nll-1", "eto-1"),
     "smol-paper-lr": lambda: smol_table(SMOL),
