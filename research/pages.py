@@ -734,7 +734,7 @@ TABLES = {
     "arithmetic-summary": lambda: arithmetic_summary(["lecture", "lr5e-3-wu0.1", "lr3e-3-5-epochs", "lr3e-3-7-epochs"]),
     "arithmetic-range": lambda: arithmetic_range("lecture"),
     "arithmetic-verdict": lambda: arithmetic_verdict("lecture"),
-    "arithmetic-curves": lambda: arithmetic_curves(["lr5e-3-wu0.1", "lecture"]),
+    "arithmetic-curves": lambda: arithmetic_curves(["lr5e-3-wu0.1", "lecture"], seed=1),  # a seed that fell off at 5e-3
     "default-rl-curve": lambda: rl_curve(DEFAULT, "rl-log.jsonl"),
     "default-variant-minus-eto": lambda: differences(DEFAULT, "eto-divergence-nll-1", "eto-1"),
     "smol-paper-lr": lambda: smol_table(SMOL),
