@@ -25,7 +25,7 @@ PAPER = {"pair_level": "trajectory", "beta": 0.1, "sft_weight": 0.0, "dpo_lr": 1
          "dpo_batch_size": 32, "explore_limit": 0, "jobs": 1}
 # The tiny model's recipes: the paper's algorithm above, with what a small model trained from scratch
 # needs, chosen on the shop's dev split (docs/results.md): SFT's layers, epochs, batch, lr and warm-up (chosen
-# for a model that lands in nearly the same place under other correct arithmetic: docs/performance.md), DPO's
+# so that no run under other correct arithmetic falls off a cliff: docs/performance.md), DPO's
 # lr, epochs and batch, and how many train tasks are explored. "lecture", the default (its time on 2 cores is
 # in the README), and "full" (4 layers, more SFT epochs, every train task; longer).
 RECIPES = {
