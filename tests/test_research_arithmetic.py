@@ -1,8 +1,10 @@
 """research/arithmetic.py's reading of an episode, and the spreads research/pages.py reports, by hand."""
+import itertools
+
 import pytest
 
 from research.arithmetic import first_click_follows_price
-from research.pages import spreads
+from research.pages import relabelled_share, spreads
 
 
 def episode(cap, prices, clicked):
@@ -33,3 +35,18 @@ def test_the_spreads_over_seeds_and_over_arithmetic():
     # within a: 80, 84 -> population std 2; within b: 70, 76 -> 3; mean 2.5
     # within seed 0: 80, 70 -> 5; within seed 1: 84, 76 -> 4; mean 4.5
     assert over_seeds == pytest.approx(2.5) and over_arithmetic == pytest.approx(4.5)
+
+
+def test_the_relabelling_share_matches_every_deal_counted():
+    """The sampled share against all 4! deals of four values to a 2 x 2 grid, counted one by one."""
+    rows = [{"perturbation": p, "seed": s, "dev_reward": r}
+            for p, s, r in [("a", 0, 80.0), ("a", 1, 84.0), ("b", 0, 70.0), ("b", 1, 76.0)]]
+    values = [r["dev_reward"] for r in rows]
+    for gap in (2.0, 0.0, -3.0):
+        hits = 0
+        for deal in itertools.permutations(values):
+            (a0, a1, b0, b1) = deal  # in the rows' order: (a, 0), (a, 1), (b, 0), (b, 1)
+            over_seeds = (abs(a0 - a1) + abs(b0 - b1)) / 4     # a pair's population std: half its gap
+            over_arithmetic = (abs(a0 - b0) + abs(a1 - b1)) / 4
+            hits += over_arithmetic - over_seeds >= gap - 1e-9
+        assert relabelled_share(rows, gap) == pytest.approx(hits / 24, abs=0.02)
