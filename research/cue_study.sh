@@ -18,10 +18,14 @@ for s in $seeds; do
   python loop.py $sft --run runs/cue-price/seed$s --seed $s --variants divergence-nll --eval-splits dev,test_seen,test_unseen \
     > runs/cue-price/seed$s.loop.log 2>&1
 done
-for s in $seeds; do
+for s in $seeds; do  # online RL and RFT from each SFT model, on each cue
   python research/online_rl.py --run runs/cue/seed$s --seed $s --eval-splits dev,test_seen,test_unseen > runs/cue/seed$s.rl.log 2>&1
   python research/experiments.py --run runs/cue/seed$s --env $env $sft --seed $s --methods sft,rft \
     --eval-splits dev,test_seen,test_unseen > runs/cue/seed$s.rft.log 2>&1
+  python research/online_rl.py --run runs/cue-price/seed$s --seed $s --eval-splits dev,test_seen,test_unseen \
+    > runs/cue-price/seed$s.rl.log 2>&1
+  python research/experiments.py --run runs/cue-price/seed$s $sft --seed $s --methods sft,rft \
+    --eval-splits dev,test_seen,test_unseen > runs/cue-price/seed$s.rft.log 2>&1
 done
 runs=$(for s in $seeds; do echo runs/cue/seed$s; done)
 price=$(for s in $seeds; do echo runs/cue-price/seed$s; done)
