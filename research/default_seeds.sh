@@ -23,7 +23,7 @@ for run in "${runs[@]}"; do
   python research/experiments.py --run $run --seed $(seed_of $run) --methods sft,bon > $run.bon.log 2>&1
 done
 for run in "${runs[@]}"; do
-  # RFT from the same SFT model (its results.jsonl and report replace the loop's; pages.py --collect
+  # RFT from the same SFT model (its rows join the loop's in RUN/results.jsonl; pages.py --collect
   # rebuilds every row from the evaluations)
   python research/experiments.py --run $run --seed $(seed_of $run) --methods sft,rft --eval-splits dev,test_seen,test_unseen \
     > $run.rft.log 2>&1

@@ -211,6 +211,14 @@ def parse_args():
     return args
 
 
+def joined_rows(earlier, rows):
+    """The rows of RUN/results.jsonl after this run: each earlier row in its place, replaced by this run's
+    row of the same model, split and seed; then this run's other rows."""
+    fresh = {(row["stage"], row["split"], row["seed"]): row for row in rows}
+    kept = [fresh.pop((row["stage"], row["split"], row["seed"]), row) for row in earlier]
+    return kept + list(fresh.values())
+
+
 def main():
     args = parse_args()
     started = time.time()
@@ -221,6 +229,8 @@ def main():
     else:
         rows = [row for seed in args.seed_list for row in run_seed(args, os.path.join(args.run, f"seed{seed}"), seed)]
     results = os.path.join(args.run, "results.jsonl")
+    if os.path.exists(results):  # a loop run's rows (ETO, its control) stay beside the methods run here
+        rows = joined_rows(read_jsonl(results, ("stage", "split", "seed")), rows)
     write_jsonl(results, rows)
     table = mean_std_table(rows)
     with open(os.path.join(args.run, "results.md.tmp"), "w") as f:  # temp name, then rename

@@ -421,10 +421,15 @@ def build_page(run):
 def rows_from_evaluations(run):
     """The result rows loop.py writes, rebuilt from RUN/eval/MODEL.SPLIT.jsonl.args.json (the evaluations'
     summaries): for a run whose stages were typed by hand. Models in the loop's order: sft, then per
-    iteration ETO, its variants and the control."""
+    iteration ETO, its variants and the control; then the other methods (online RL's evaluations are
+    RUN/rl/eval.SPLIT.jsonl, research/online_rl.py's folder)."""
     rows = []
-    for path in glob.glob(os.path.join(run, "eval", "*.jsonl.args.json")):
+    online = {"rl": "online-rl", "rl-long": "online-rl-long"}  # research/online_rl.py --out RUN/FOLDER
+    for path in (glob.glob(os.path.join(run, "eval", "*.jsonl.args.json"))
+                 + [p for folder in online for p in glob.glob(os.path.join(run, folder, "eval.*.jsonl.args.json"))]):
         stage, split = os.path.basename(path)[:-len(".jsonl.args.json")].rsplit(".", 1)
+        folder = os.path.basename(os.path.dirname(path))
+        stage = online.get(folder, stage)  # eval.SPLIT in an online-RL folder
         if stage == "expert" or split not in EVAL_SPLITS:
             continue
         with open(path) as f:
@@ -450,15 +455,19 @@ def rows_from_evaluations(run):
 
 def write_report(run, out=None):
     """Write the page (by rename: a half-written page never sits at OUT); return its path. A run folder
-    with evaluations but no results.jsonl (its stages run by hand) gets one first, and its table printed."""
+    with evaluations but no results.jsonl (its stages run by hand) gets one first, and its table printed;
+    one whose results.jsonl lacks an evaluation's row (online RL's, run after the loop) gets that row added."""
     out = out or os.path.join(run, "report.html")
-    if not os.path.exists(os.path.join(run, "results.jsonl")):
-        rows = rows_from_evaluations(run)
-        if not rows:
-            raise InputError(f"{run}: no results.jsonl and no evaluations (eval/MODEL.SPLIT.jsonl.args.json) here; "
-                             f"run loop.py with --run {run}, or its stages, first")
-        write_jsonl(os.path.join(run, "results.jsonl"), rows)
-        print(format_table(rows))
+    results = os.path.join(run, "results.jsonl")
+    rows = read_jsonl(results, ("stage", "split", "seed")) if os.path.exists(results) else []
+    have = {(row["stage"], row["split"], row["seed"]) for row in rows}
+    missing = [row for row in rows_from_evaluations(run) if (row["stage"], row["split"], row["seed"]) not in have]
+    if not rows and not missing and not os.path.exists(results):
+        raise InputError(f"{run}: no results.jsonl and no evaluations (eval/MODEL.SPLIT.jsonl.args.json) here; "
+                         f"run loop.py with --run {run}, or its stages, first")
+    if missing:
+        write_jsonl(results, rows + missing)
+        print(format_table(rows + missing))
     page = build_page(run)
     with open(out + ".tmp", "w", encoding="utf-8") as f:
         f.write(page)

@@ -240,3 +240,36 @@ def test_a_sampled_evaluation_is_rebuilt_as_best_of_n(tmp_path):
         json.dumps({"summary": summary, "args": {"model": "m", "seed": 0, "samples": 2}}))
     (row,) = rows_from_evaluations(str(tmp_path))
     assert (row["stage"], row["avg_reward"], row["success_rate"], row["n"]) == ("best-of-2", 75.0, 50.0, 2)
+
+
+def test_online_rls_evaluations_are_rebuilt_beside_the_loops(tmp_path):
+    """A run's rows from its evaluation files: the loop's in eval/, online RL's in rl/ (research/online_rl.py),
+    each with the summary its file holds; the loop's models first."""
+    from research.report import rows_from_evaluations
+    for folder, name, reward in (("eval", "sft.test_seen", 80.0), ("rl", "eval.test_seen", 82.5),
+                                 ("rl", "eval.train", 90.0)):  # train is no evaluation split: left out
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / f"{name}.jsonl.args.json").write_text(json.dumps(
+            {"summary": {"avg_reward": reward, "success_rate": 10.0, "n": 4}, "args": {"model": folder, "seed": 1}}))
+    rows = rows_from_evaluations(str(tmp_path))
+    assert [(r["stage"], r["split"], r["avg_reward"], r["model"]) for r in rows] == [
+        ("sft", "test_seen", 80.0, "eval"), ("online-rl", "test_seen", 82.5, "rl")]
+
+
+def test_the_report_adds_an_evaluation_its_results_lack(tmp_path):
+    """A loop run's results.jsonl, then online RL evaluated into rl/: the page's rows gain online RL's, and
+    the rows already there stay as they were."""
+    from research.report import write_report
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "rl").mkdir()
+    loop_row = {"stage": "sft", "split": "test_seen", "avg_reward": 80.0, "success_rate": 10.0, "n": 4, "model": "m",
+                "seed": 0}
+    (tmp_path / "results.jsonl").write_text(json.dumps(loop_row) + "\n")
+    (tmp_path / "eval" / "sft.test_seen.jsonl.args.json").write_text(json.dumps(
+        {"summary": {"stage": "explore", "avg_reward": 79.0, "success_rate": 10.0, "n": 4}, "args": {"model": "m", "seed": 0}}))
+    (tmp_path / "rl" / "eval.test_seen.jsonl.args.json").write_text(json.dumps(
+        {"summary": {"stage": "explore", "avg_reward": 82.5, "success_rate": 25.0, "n": 4}, "args": {"model": "rl/model", "seed": 0}}))
+    write_report(str(tmp_path))
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["avg_reward"]) for r in rows] == [("sft", 80.0), ("online-rl", 82.5)]
+    assert "online-rl" in (tmp_path / "report.html").read_text()

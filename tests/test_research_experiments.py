@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from research.experiments import best_of_n, distinct_successes
+from research.experiments import best_of_n, distinct_successes, joined_rows
 from tests.conftest import ROOT
 from tests.test_loop import read_rows
 
@@ -24,6 +24,17 @@ def test_distinct_successes_keep_one_per_task_and_action_sequence():
                rec("b", 1.0, ["x", "y"])]
     kept = distinct_successes(records)
     assert [(r["task_id"], r["messages"][-1]["content"][-1]) for r in kept] == [("a", "y"), ("a", "z"), ("b", "y")]
+
+
+def test_a_loop_runs_rows_stay_beside_the_methods_run_on_it():
+    def row(stage, split, reward, seed=0):
+        return {"stage": stage, "split": split, "avg_reward": reward, "seed": seed}
+    loop = [row("sft", "dev", 80.0), row("eto-1", "dev", 81.0), row("sft-continued-1", "dev", 82.0)]
+    experiments = [row("sft", "dev", 80.5), row("rft", "dev", 85.0), row("sft", "dev", 70.0, seed=1)]
+    assert joined_rows(loop, experiments) == [row("sft", "dev", 80.5), row("eto-1", "dev", 81.0),
+                                              row("sft-continued-1", "dev", 82.0), row("rft", "dev", 85.0),
+                                              row("sft", "dev", 70.0, seed=1)]
+    assert joined_rows([], experiments) == experiments
 
 
 def test_experiments_reject_an_unknown_method_in_one_line(tmp_path):
