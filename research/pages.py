@@ -143,8 +143,10 @@ def seed_rows(folder):
     by_seed = {}
     for seed_folder in sorted(glob.glob(os.path.join(HERE, folder, "seed*"))):
         rows = read_jsonl(os.path.join(seed_folder, "results.jsonl"), ("stage", "split"))
-        if os.path.exists(os.path.join(seed_folder, "rl-results.jsonl")):
-            rows += read_jsonl(os.path.join(seed_folder, "rl-results.jsonl"), ("stage", "split"))
+        if os.path.exists(os.path.join(seed_folder, "rl-results.jsonl")):  # where results.jsonl lacks them
+            have = {(row["stage"], row["split"]) for row in rows}
+            rows += [row for row in read_jsonl(os.path.join(seed_folder, "rl-results.jsonl"), ("stage", "split"))
+                     if (row["stage"], row["split"]) not in have]
         by_seed[int(os.path.basename(seed_folder)[4:])] = rows
     if not by_seed:
         raise InputError(f"{folder}: no collected run (seed*/results.jsonl); run research/pages.py --collect")
