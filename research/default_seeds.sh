@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The default loop's 3-seed table: per seed, `python loop.py` (its time and printed table), then the
 # divergence-nll variant and every model on dev as well (finished stages are reused); then, from the same SFT
-# models, online RL, Best-of-4 and RFT. The results files go to results/default (research/pages.py
-# --collect), from which research/pages.py writes the tables of README.md and docs/results.md. About 70
-# minutes alone on 2 CPU cores.
+# models, online RL, Best-of-4, RFT and failure-guided SFT. The results files go to results/default
+# (research/pages.py --collect), from which research/pages.py writes the tables of README.md and
+# docs/results.md. Each stage's seconds are in its summary (results/default/seedS/summaries.jsonl).
 #   bash research/default_seeds.sh [SEEDS]        # default: 0 1 2; seed 0 runs in runs/default
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,9 +23,10 @@ for run in "${runs[@]}"; do
   python research/experiments.py --run $run --seed $(seed_of $run) --methods sft,bon > $run.bon.log 2>&1
 done
 for run in "${runs[@]}"; do
-  # RFT from the same SFT model (its rows join the loop's in RUN/results.jsonl; pages.py --collect
-  # rebuilds every row from the evaluations)
-  python research/experiments.py --run $run --seed $(seed_of $run) --methods sft,rft --eval-splits dev,test_seen,test_unseen \
+  # RFT from the same SFT model, and failure-guided SFT from RFT's samples (their rows join the loop's in
+  # RUN/results.jsonl; pages.py --collect rebuilds every row from the evaluations)
+  python research/experiments.py --run $run --seed $(seed_of $run) --methods sft,rft,failure-sft \
+    --eval-splits dev,test_seen,test_unseen \
     > $run.rft.log 2>&1
 done
 python research/pages.py --collect results/default "${runs[@]}"

@@ -34,7 +34,7 @@ from common import EVAL_SPLITS, InputError, format_table, read_jsonl, run_main, 
 PAGES = ("README.md", "docs/*.md", "exercises/*.md", "research/README.md")
 NAMES = {"sft": "SFT", "eto-1": "ETO", "sft-continued-1": "control: NLL on ETO's chosen side",
          "eto-divergence-nll-1": "divergence pairs + NLL (`--variants divergence-nll`)",
-         "online-rl": "online RL (`research/online_rl.py`)", "best-of-4": "Best-of-4 (the best of 4 samples by the env's reward)", "online-rl-long": "online RL, 4000 episodes", "rft": "RFT (`research/experiments.py --methods rft`)", "eto-2": "ETO, iteration 2", "sft-continued-2": "control, iteration 2"}
+         "online-rl": "online RL (`research/online_rl.py`)", "best-of-4": "Best-of-4 (the best of 4 samples by the env's reward)", "online-rl-long": "online RL, 4000 episodes", "rft": "RFT (`research/experiments.py --methods rft`)", "failure-sft": "failure-guided SFT (`--methods failure-sft`)", "eto-2": "ETO, iteration 2", "sft-continued-2": "control, iteration 2"}
 
 
 # ---- collecting a run's small files ---------------------------------------------------------------
@@ -488,7 +488,7 @@ def arithmetic_range(name):
 
 
 DEFAULT = "results/default"
-MAIN_STAGES = ["sft", "eto-1", "sft-continued-1", "eto-divergence-nll-1", "rft", "best-of-4", "online-rl"]
+MAIN_STAGES = ["sft", "eto-1", "sft-continued-1", "eto-divergence-nll-1", "rft", "failure-sft", "best-of-4", "online-rl"]
 TRAINED = [stage for stage in MAIN_STAGES if stage != "best-of-4"]  # models; Best-of-N is sampling, not a model
 def smol_table(folder):
     """A research/smol.sh run: per model, dev reward and success, what it opens first, invalid actions."""
