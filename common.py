@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from plumbing.launch import CPU_KERNELS  # recorded by stage_record
+from plumbing.launch import CPU_KERNELS, add_launch_flags, set_launch  # the kernels stage_record records; the loop's flags
 from plumbing.ranks import finish as finish_ranks
 
 
@@ -405,3 +405,102 @@ def cut_to_length(examples, max_length):
             continue
         kept.append(example)
     return kept, skipped, truncated
+
+
+# ---- loop.py's flags, shared with the research scripts built on it, and the settings they default to ----
+def recipe_values(name):
+    """'lecture 6, full 10': a setting's value in each tiny recipe, as --help shows it (None: the stage's default)."""
+    return ", ".join(f"{recipe} {values[name] if values[name] is not None else 'the stage default'}"
+                     for recipe, values in RECIPES.items())
+
+
+PAIR_LEVELS = ("trajectory", "divergence", "step", "mixture")  # --pair-level; the paper's: trajectory
+# --variants: departures from the paper, each trained beside ETO from the same policy, rows "eto-NAME-i".
+# divergence-nll: pairs cut to the first turn whose action differs, plus NLL on the chosen side, lr 1e-4, beta 1.
+VARIANTS = {"divergence-nll": {"pair_level": "divergence", "sft_weight": 1.0, "lr": 1e-4, "beta": 1.0}}
+
+
+def add_loop_flags(parser):
+    """The loop's flags, shared with the research scripts built on it."""
+    parser.add_argument("--run", default="runs/default", help="folder for every artifact of this run")
+    parser.add_argument("--env", default="shop", help="an env of envs/ (explore.py --help lists them), NAME:OPTIONS, "
+                                                       "or a module of yours with make(options)")
+    parser.add_argument("--model", default="tiny", help="'tiny' (built offline) or a HF chat-model folder or .gguf file")
+    parser.add_argument("--recipe", default="lecture", choices=tuple(RECIPES),
+                        help="the tiny model's settings below, where a flag leaves them unset (RECIPES, common.py): "
+                             "lecture, or full (a 4-layer model on every train task; longer)")
+    parser.add_argument("--iterations", type=int, default=1, help="explore -> pairs -> DPO rounds (the paper: 2; one, "
+                        "from dev and time: a second helped the control more than ETO, and adds ~2 minutes)")
+    parser.add_argument("--seed", type=int, default=0, help="passed to every stage")
+    parser.add_argument("--no-control", action="store_true", help="skip the sft-continued control")
+    parser.add_argument("--train-limit", type=int, default=None, help="train tasks used (None: all)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="tasks per evaluation split (None: all)")
+    parser.add_argument("--eval-splits", default="test_seen,test_unseen", type=lambda text: text.split(","),
+                        help="comma list of the splits every model is evaluated on: dev to choose settings, "
+                             "test_seen and test_unseen to report them")
+    parser.add_argument("--max-steps", type=int, default=None, help="actions per episode (None: the env's)")
+    parser.add_argument("--autocast", default="none", choices=("none", "bf16"),
+                        help="training matmuls in bf16 (sft.py/dpo.py --autocast); see docs/performance.md")
+    parser.add_argument("--variants", default="", type=lambda text: [name for name in text.split(",") if name],
+                        help="comma list of departures from the paper to train and evaluate beside ETO, each from "
+                             "the same policy: " + ", ".join(VARIANTS) + " (VARIANTS in common.py)")
+    add_launch_flags(parser)  # --procs, --jobs, --redo-changed, --native-kernels, --dry-run, --debug
+    sft = parser.add_argument_group("SFT (None: the recipe's for tiny; sft.py's default for a loaded model)")
+    sft.add_argument("--tiny-layers", type=int, default=None, help="sft.py --tiny-layers, the tiny model's decoder "
+                     f"layers: {recipe_values('tiny_layers')}; a loaded model has its own")
+    sft.add_argument("--sft-epochs", type=int, default=None, help=f"sft.py --epochs; tiny: {recipe_values('sft_epochs')}")
+    sft.add_argument("--sft-lr", type=float, default=None, help=f"sft.py --lr; tiny: {recipe_values('sft_lr')}")
+    sft.add_argument("--sft-batch-size", type=int, default=None, help=f"sft.py --batch-size; tiny: {recipe_values('sft_batch_size')}")
+    sft.add_argument("--sft-warmup-ratio", type=float, default=None, help="sft.py --warmup-ratio; tiny: "
+                     f"{recipe_values('sft_warmup_ratio')} (chosen on dev with the lr)")
+    explore = parser.add_argument_group("exploration and pairs (the authors' script explores greedily, once per task)")
+    explore.add_argument("--temperature", type=float, default=0.0, help="explore.py --temperature (0: greedy)")
+    explore.add_argument("--samples", type=int, default=1, help="explored trajectories per train task")
+    explore.add_argument("--explore-limit", type=int, default=None,
+                         help=f"train tasks explored per iteration (0: all); None: {recipe_values('explore_limit')}")
+    explore.add_argument("--rollout-batch-size", type=int, default=None,
+                         help="explore.py --batch-size for exploring and evaluating; tiny: "
+                              f"{recipe_values('rollout_batch_size')} (greedy episodes come "
+                              "out the same at any batch size, a big batch sooner); None: explore.py's default")
+    explore.add_argument("--pair-level", default=None, choices=PAIR_LEVELS,
+                         help="None: trajectory, the paper's rule (the explored side cut to the expert's turns + 5); "
+                              "divergence: the first turn whose action differs; step: the agent acts after t-1 "
+                              "teacher-forced expert turns (paper App. B); mixture: trajectory and step")
+    dpo = parser.add_argument_group(
+        "DPO, Eq. 11 (None: for tiny, the recipe's, chosen on dev; for a loaded model, the paper's)")
+    dpo.add_argument("--dpo-lr", type=float, default=None, help=f"tiny: {recipe_values('dpo_lr')} (chosen on dev); "
+                                                                 f"loaded: {PAPER['dpo_lr']}, the paper's")
+    dpo.add_argument("--beta", type=float, default=None, help=f"{PAPER['beta']}, the paper's, for either")
+    dpo.add_argument("--dpo-epochs", type=int, default=None, help=f"tiny: {recipe_values('dpo_epochs')} (chosen "
+                                                                  f"on dev, for time); loaded: {PAPER['dpo_epochs']}, the paper's")
+    dpo.add_argument("--sft-weight", type=float, default=None, help="NLL on chosen added to ETO's loss (beyond the "
+                                                                    f"paper); None: {PAPER['sft_weight']}, the paper's")
+    dpo.add_argument("--dpo-batch-size", type=int, default=None, help="dpo.py --batch-size; tiny: "
+                     f"{recipe_values('dpo_batch_size')}; loaded: {PAPER['dpo_batch_size']}, the paper's")
+    dpo.add_argument("--later-dpo-lr", type=float, default=None,
+                     help="lr from iteration 2 on (None: --dpo-lr; the authors' script: 5e-7)")
+    dpo.add_argument("--later-beta", type=float, default=None,
+                     help="beta from iteration 2 on (None: --beta; the authors' script: 0.5)")
+
+
+def fill_model_defaults(args):
+    """Flags left unset take the values that fit the model, and are recorded as set (RUN/loop_args.json);
+    --procs is checked and set for every stage launched."""
+    if args.procs > 1 and args.jobs is None:
+        args.jobs = 1  # each stage already has the machine
+    defaults = RECIPES[args.recipe] if args.model == "tiny" else PAPER
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    unknown = [split for split in args.eval_splits if split not in EVAL_SPLITS]
+    if unknown or not args.eval_splits:
+        raise ValueError(f"--eval-splits: unknown split {unknown[0] if unknown else ''!r}; valid: {', '.join(EVAL_SPLITS)}")
+    for flag in ("train_limit", "eval_limit", "explore_limit"):  # 0: all tasks
+        if getattr(args, flag) is not None and getattr(args, flag) < 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 0, got {getattr(args, flag)}")
+    set_launch(args)  # checks --procs and --jobs
+    unknown = [name for name in args.variants if name not in VARIANTS]
+    if unknown:
+        raise ValueError(f"--variants: unknown variant {unknown[0]!r}; valid: {', '.join(VARIANTS)}")
+    if args.rollout_batch_size is not None and args.rollout_batch_size < 1:
+        raise ValueError(f"--rollout-batch-size must be at least 1, got {args.rollout_batch_size}")

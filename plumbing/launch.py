@@ -25,7 +25,6 @@ def available_cores():
     return (getattr(os, "process_cpu_count", None) or os.cpu_count)() or 1
 
 
-
 DPO_STUDIES = ("research/preference_losses.py", "research/replay.py")  # dpo.py's loop with a study's loss or term
 MODEL_STAGES = ("sft.py", "dpo.py", *DPO_STUDIES)  # these write a save_pretrained folder; the others a JSONL file
 TORCH_STAGES = ("explore.py", "sft.py", "dpo.py", "research/preference_losses.py")  # with --procs N: under torchrun

@@ -28,10 +28,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the stages live one folder up
-from common import InputError, read_jsonl, run_main, write_json, write_jsonl
+from common import InputError, add_loop_flags, fill_model_defaults, read_jsonl, run_main, write_json, write_jsonl
 from envs import parse_action
-from loop import (add_loop_flags, dpo_flags, eto_loop, evaluate, explored_tasks, fill_model_defaults, limit_flags,
-                  rollout_flags, run_command, run_stage)
+from loop import dpo_flags, eto_loop, evaluate, explored_tasks, limit_flags, rollout_flags, run_command, run_stage
 from research.report import mean_std_table
 
 METHODS = ("sft", "eto", "bon", "rft", "failure-sft", "self-play")

@@ -29,10 +29,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the stages live one folder up
-from common import InputError, read_jsonl, run_main, write_json, write_jsonl
+from common import RECIPES, VARIANTS, InputError, read_jsonl, run_main, write_json, write_jsonl
 from loop import limit_flags, run_stage
-from common import RECIPES
-from loop import VARIANTS
 from research.report import behaviour, item_pair_counts
 
 # lever -> (exploration, pair level, DPO flags over divergence pairs + NLL's settings[, flags its control gets too])
@@ -113,7 +111,7 @@ def lever_rows(args, seed_run, seed, lever, iteration=1):
     else:
         source = ["--expert", expert, "--level", level]
     summary = run_stage("pairs.py", pairs, "--explored", explored, *source)
-    # every lever departs from divergence pairs + NLL (VARIANTS in loop.py), at the full recipe's DPO epochs
+    # every lever departs from divergence pairs + NLL (VARIANTS in common.py), at the full recipe's DPO epochs
     variant = VARIANTS["divergence-nll"]
     base = ["--lr", str(variant["lr"]), "--beta", str(variant["beta"]), "--epochs", str(RECIPES["full"]["dpo_epochs"]),
             "--sft-weight", str(variant["sft_weight"]), "--seed", str(seed)]
